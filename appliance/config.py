@@ -1,0 +1,75 @@
+"""Where clawden keeps its state, and which libvirt it talks to.
+
+Everything derives from two environment variables so tests and operators can
+point a whole installation somewhere else without touching code:
+
+* ``CLAWDEN_HOME`` — data directory (default ``/var/lib/clawden`` for root,
+  ``~/.local/share/clawden`` otherwise);
+* ``CLAWDEN_LIBVIRT_URI`` — ``qemu:///system`` (default for root) or
+  ``qemu:///session`` (default otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SYSTEM_HOME = Path("/var/lib/clawden")
+
+
+def _default_home(env: Mapping[str, str]) -> Path:
+    if os.geteuid() == 0:
+        return SYSTEM_HOME
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/share")
+    return Path(base) / "clawden"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    libvirt_uri: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env["CLAWDEN_HOME"]) if env.get("CLAWDEN_HOME") else _default_home(env)
+        default_uri = "qemu:///system" if os.geteuid() == 0 else "qemu:///session"
+        return cls(home=home.absolute(), libvirt_uri=env.get("CLAWDEN_LIBVIRT_URI") or default_uri)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "clawden.db"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def claws_dir(self) -> Path:
+        return self.home / "claws"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def controller_socket(self) -> Path:
+        return self.run_dir / "controller.sock"
+
+    def claw_dir(self, name: str) -> Path:
+        return self.claws_dir / name
+
+    def ensure_dirs(self) -> None:
+        """Create the layout. Directories are traversable (0711) so QEMU, which
+        runs as an unprivileged user under qemu:///system, can reach the disk
+        files libvirt hands it, but cannot list what else is there."""
+        for path, mode in (
+            (self.home, 0o711),
+            (self.images_dir, 0o711),
+            (self.claws_dir, 0o711),
+            (self.run_dir, 0o700),
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(mode)

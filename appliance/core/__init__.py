@@ -1,0 +1,1 @@
+"""The pure core: domain model and ports. Imports no adapter (libvirt, paramiko, sqlite)."""

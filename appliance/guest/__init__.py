@@ -1,0 +1,1 @@
+"""In-VM claw agent. Imports nothing host-side."""

@@ -1,0 +1,1 @@
+"""Hypervisor port adapters. Only ``libvirt_hypervisor`` imports ``libvirt``."""
