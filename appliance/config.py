@@ -55,6 +55,12 @@ class Settings:
         return self.home / "run"
 
     @property
+    def audit_head_path(self) -> Path:
+        """Count and hash of the newest audit row, kept outside the database so
+        deleting the log's tail is detectable. CLI and controller share it."""
+        return self.home / "audit.head"
+
+    @property
     def controller_socket(self) -> Path:
         return self.run_dir / "controller.sock"
 

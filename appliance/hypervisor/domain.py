@@ -2,13 +2,22 @@
 
 Pure: no libvirt import. The XML is checked against golden files and against
 libvirt's schema (``virt-xml-validate``) in the tests.
+
+The XML is built element by element with ``xml.etree`` (as virtinst does) so
+every path and name is escaped by the serializer, never spliced into a
+template. What is *absent* matters as much as what is present: no
+``<interface>``, no graphics, video, sound, USB, balloon or host devices — the
+guest's only link to the world is one virtio-serial channel.
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET  # noqa: S405 - we only build XML, never parse untrusted input
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from appliance.errors import ClawdenError
 
 CONTROL_CHANNEL_NAME = "org.clawden.control"
 
@@ -22,6 +31,12 @@ class Accelerator(StrEnum):
 class DiskFormat(StrEnum):
     QCOW2 = "qcow2"
     RAW = "raw"
+
+
+class HypervisorError(ClawdenError):
+    """libvirt or QEMU refused an operation on a reachable hypervisor (a bad
+    definition, QEMU failing to start, a name clash). Distinct from
+    ``Unavailable``, which means libvirt itself cannot be reached."""
 
 
 @dataclass(frozen=True)
@@ -53,3 +68,150 @@ class DomainSpec:
     console_log: Path  # serial console, appended across boots
     channel_name: str = CONTROL_CHANNEL_NAME
     emulator: str | None = None  # None = libvirt's default for the arch
+
+
+# A CPU model every x86-64 kernel boots on and that TCG emulates fully; `max`
+# would enable features (e.g. la57) that only slow TCG down.
+TCG_CPU_MODEL = "qemu64"
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
+    child = ET.SubElement(parent, tag, attrib)
+    if text is not None:
+        child.text = text
+    return child
+
+
+def _os(root: ET.Element, boot: DirectKernelBoot) -> None:
+    # Direct kernel boot: no firmware, no bootloader, nothing in the guest
+    # image decides what kernel runs — the host picks the verified one.
+    os_el = _sub(root, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine="q35")
+    _sub(os_el, "kernel", str(boot.kernel))
+    _sub(os_el, "initrd", str(boot.initrd))
+    _sub(os_el, "cmdline", boot.cmdline)
+
+
+def _features(root: ET.Element) -> None:
+    features = _sub(root, "features")
+    # ACPI is what makes `virsh shutdown` (the power button) reach the guest.
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    # Not <ps2 state='off'/>: it would drop q35's i8042, but libvirt's test
+    # driver (our contract tests) rejects it and the gain is small.
+
+
+def _cpu(root: ET.Element, accelerator: Accelerator) -> None:
+    if accelerator is Accelerator.TCG:
+        cpu = _sub(root, "cpu", mode="custom", match="exact")
+        _sub(cpu, "model", TCG_CPU_MODEL, fallback="allow")
+    else:
+        # With hardware virtualisation the host CPU is both fastest and the
+        # only model guaranteed to be accepted.
+        _sub(root, "cpu", mode="host-passthrough")
+
+
+def _clock(root: ET.Element, accelerator: Accelerator) -> None:
+    clock = _sub(root, "clock", offset="utc")
+    # virt-manager's defaults: catch up lost RTC ticks, no HPET.
+    _sub(clock, "timer", name="rtc", tickpolicy="catchup")
+    _sub(clock, "timer", name="pit", tickpolicy="delay")
+    _sub(clock, "timer", name="hpet", present="no")
+    if accelerator is Accelerator.KVM:
+        _sub(clock, "timer", name="kvmclock", present="yes")
+
+
+def _disk(devices: ET.Element, disk: Disk) -> None:
+    el = _sub(devices, "disk", type="file", device="disk")
+    driver = {"name": "qemu", "type": disk.format.value}
+    if not disk.readonly:
+        # Let guest TRIM shrink the qcow2 files on the host.
+        driver["discard"] = "unmap"
+    _sub(el, "driver", **driver)
+    _sub(el, "source", file=str(disk.path))
+    _sub(el, "target", dev=disk.target, bus="virtio")
+    if disk.readonly:
+        _sub(el, "readonly")
+    if disk.serial is not None:
+        _sub(el, "serial", disk.serial)
+
+
+def _console(devices: ET.Element, console_log: Path) -> None:
+    # A pty serial whose output libvirt tees to a file: with virtlogd (the
+    # default for qemu:///system and qemu:///session) the file is opened by
+    # virtlogd, not QEMU, so it is rotated and needs no permissions for the
+    # qemu user; `virsh console` still works for debugging.
+    serial = _sub(devices, "serial", type="pty")
+    _sub(serial, "log", file=str(console_log), append="on")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+
+
+def _channel(devices: ET.Element, socket: Path, name: str) -> None:
+    # The only link: /dev/virtio-ports/<name> in the guest, a unix socket that
+    # libvirt binds on the host. No <interface> exists anywhere in the domain.
+    channel = _sub(devices, "channel", type="unix")
+    _sub(channel, "source", mode="bind", path=str(socket))
+    _sub(channel, "target", type="virtio", name=name)
+
+
+def _devices(root: ET.Element, spec: DomainSpec) -> None:
+    devices = _sub(root, "devices")
+    if spec.emulator is not None:
+        _sub(devices, "emulator", spec.emulator)
+    for disk in spec.disks:
+        _disk(devices, disk)
+    # libvirt adds a USB controller to q35 unless told there is none.
+    _sub(devices, "controller", type="usb", model="none")
+    _console(devices, spec.console_log)
+    _channel(devices, spec.control_socket, spec.channel_name)
+    # Under TCG, sshd would otherwise wait for boot entropy.
+    rng = _sub(devices, "rng", model="virtio")
+    _sub(rng, "backend", "/dev/urandom", model="random")
+    # libvirt adds no video without graphics, but say so explicitly.
+    video = _sub(devices, "video")
+    _sub(video, "model", type="none")
+    # Memory is a fixed, explicit limit per claw; a balloon would let the
+    # guest driver talk to the host about it for no benefit.
+    _sub(devices, "memballoon", model="none")
+
+
+def _validate(spec: DomainSpec) -> None:
+    targets = [d.target for d in spec.disks]
+    if len(set(targets)) != len(targets):
+        raise HypervisorError(
+            f"domain {spec.name!r} has two disks on the same target {targets}",
+            "give every disk its own target (vda, vdb, ...)",
+        )
+    if spec.vcpus < 1 or spec.memory_mib < 1:
+        raise HypervisorError(
+            f"domain {spec.name!r} needs at least 1 vCPU and 1 MiB of memory",
+            "fix the claw's --cpus/--memory",
+        )
+
+
+def render_domain_xml(spec: DomainSpec) -> str:
+    """The libvirt domain XML for ``spec`` (pretty-printed, deterministic)."""
+    _validate(spec)
+    root = ET.Element("domain", type=spec.accelerator.value)
+    _sub(root, "name", spec.name)
+    _sub(root, "uuid", spec.uuid)
+    _sub(root, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(root, "currentMemory", str(spec.memory_mib), unit="MiB")
+    _sub(root, "vcpu", str(spec.vcpus), placement="static")
+    _os(root, spec.boot)
+    _features(root)
+    _cpu(root, spec.accelerator)
+    _clock(root, spec.accelerator)
+    # A guest that powers off stays off (the controller decides about
+    # restarts); a reboot — including `panic=-1` after a kernel panic — restarts.
+    _sub(root, "on_poweroff", "destroy")
+    _sub(root, "on_reboot", "restart")
+    _sub(root, "on_crash", "destroy")
+    pm = _sub(root, "pm")
+    _sub(pm, "suspend-to-mem", enabled="no")
+    _sub(pm, "suspend-to-disk", enabled="no")
+    _devices(root, spec)
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"

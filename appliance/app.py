@@ -1,0 +1,44 @@
+"""The composition root: the one place adapters are chosen and wired together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from appliance.channel.hostapi import host_api_service
+from appliance.channel.services import ServiceRegistry
+from appliance.config import Settings
+from appliance.controller.context import AcceleratorPicker, Context
+from appliance.core.ports import AcceleratorChoice
+from appliance.hypervisor.accel import choose_accelerator
+from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
+from appliance.store import open_db
+
+
+def accelerator_picker(settings: Settings) -> AcceleratorPicker:
+    def pick(kernel: Path, initrd: Path) -> AcceleratorChoice:
+        return choose_accelerator(
+            settings.libvirt_uri,
+            kernel,
+            initrd,
+            workdir=settings.run_dir / "accel-probe",
+            cache_file=settings.home / "accelerator.json",
+        )
+
+    return pick
+
+
+def build_context(settings: Settings | None = None, actor: str = "cli") -> Context:
+    settings = settings or Settings.from_env()
+    settings.ensure_dirs()
+    return Context(
+        settings=settings,
+        db=open_db(settings.db_path),
+        hypervisor=LibvirtHypervisor(settings.libvirt_uri),
+        pick_accelerator=accelerator_picker(settings),
+        actor=actor,
+    )
+
+
+def service_registry() -> ServiceRegistry:
+    """Every host service a claw can reach through its channel."""
+    return ServiceRegistry([host_api_service()])

@@ -1,0 +1,136 @@
+"""One authenticated SSH transport to a claw, over its virtio-serial socket.
+
+The VM has no network device: the host end of its only virtio-serial port is a
+unix socket owned by libvirt. We connect a plain ``AF_UNIX`` socket to it and
+run a paramiko client ``Transport`` over that byte stream. Trust is pinned
+both ways at provisioning: the guest's host key must match the one the host
+minted for that claw (anything else is refused before authenticating), and the
+host authenticates with the per-claw client key the guest's sshd accepts.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from appliance.errors import IntegrityError, Unavailable
+from appliance.provisioning.keys import load_public_key
+
+GUEST_USER = "claw"
+
+
+class HostKeyMismatch(IntegrityError):
+    """The guest presented a host key other than the pinned one."""
+
+
+@dataclass(frozen=True)
+class ChannelTarget:
+    """Everything needed to reach one claw; holds a private key, so no repr of it."""
+
+    claw: str
+    socket_path: Path
+    pinned_host_key: str  # "ssh-ed25519 AAAA..." as minted at provisioning
+    client_key: paramiko.PKey
+    user: str = GUEST_USER
+
+    def __repr__(self) -> str:
+        return f"ChannelTarget(claw={self.claw!r}, socket_path={str(self.socket_path)!r})"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    return key.fingerprint  # "SHA256:..." (paramiko >= 3.2)
+
+
+def open_transport(target: ChannelTarget, timeout: float = 60.0) -> paramiko.Transport:
+    """Connect, check the pinned host key, authenticate; return a live transport.
+
+    ``timeout`` bounds the wait for the guest's banner: right after a VM starts
+    the host can connect long before sshd runs, and the bytes simply wait in
+    the channel until the guest opens its end.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(10)
+        sock.connect(str(target.socket_path))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(
+            f"cannot reach claw {target.claw!r}: control socket {target.socket_path} "
+            f"is not accepting connections ({exc.strerror or exc})",
+            f"check the claw is running: `clawden claw status {target.claw}`",
+        ) from None
+    sock.settimeout(None)
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeout
+    transport.handshake_timeout = timeout
+    transport.auth_timeout = 30
+    try:
+        transport.start_client(timeout=timeout)
+        offered = transport.get_remote_server_key()
+        pinned = load_public_key(target.pinned_host_key)
+        if offered.get_name() != pinned.get_name() or offered.asbytes() != pinned.asbytes():
+            raise HostKeyMismatch(
+                f"claw {target.claw!r} presented SSH host key {fingerprint(offered)}, "
+                f"but {fingerprint(pinned)} is pinned; connection refused",
+                "the VM's seed disk was replaced or tampered with: inspect it, then "
+                f"re-provision with `clawden claw destroy {target.claw} --yes` and create it again",
+            )
+        transport.auth_publickey(target.user, target.client_key)
+        if not transport.is_authenticated():
+            raise Unavailable(
+                f"claw {target.claw!r} refused the host's key", "re-create the claw"
+            )
+        # Keepalives make a dead guest visible within seconds instead of never.
+        transport.set_keepalive(10)
+        return transport
+    except HostKeyMismatch:
+        transport.close()
+        raise
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        transport.close()
+        raise Unavailable(
+            f"SSH handshake with claw {target.claw!r} failed: {exc}",
+            "the guest may still be booting; retry, or read "
+            f"`clawden claw console {target.claw}`",
+        ) from None
+
+
+def run_command(
+    transport: paramiko.Transport,
+    command: str,
+    on_stdout: Callable[[bytes], None],
+    on_stderr: Callable[[bytes], None],
+    timeout: float | None = None,
+) -> int:
+    """Run ``command`` (a shell command line) in the guest as ``claw``, streaming
+    its output as it arrives; return its exit code (-1 if killed by a signal)."""
+    chan = transport.open_session(timeout=30)
+    try:
+        chan.settimeout(0.2)
+        chan.exec_command(command)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            progressed = False
+            while chan.recv_ready():
+                on_stdout(chan.recv(65536))
+                progressed = True
+            while chan.recv_stderr_ready():
+                on_stderr(chan.recv_stderr(65536))
+                progressed = True
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise Unavailable(
+                    f"command did not finish within {timeout:.0f} s",
+                    "raise --timeout or simplify the command",
+                )
+            if not progressed:
+                time.sleep(0.01)
+        return chan.recv_exit_status()
+    finally:
+        chan.close()

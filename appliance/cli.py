@@ -1,0 +1,103 @@
+"""``clawden`` — the operator's command line.
+
+Every failure a user can cause or meet prints exactly one line, ``error: what —
+fix``, and exits non-zero; nothing stored is touched by a command that fails
+validation. Long operations print progress as they go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from appliance import __version__, commands
+from appliance.errors import ClawdenError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="clawden",
+        description="Run one hardened VM per family member's claw.",
+    )
+    p.add_argument("--version", action="version", version=f"clawden {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sub.add_parser("doctor", help="check this host can run claws, with the fix for each problem")
+    sub.add_parser("serve", help="run the controller in the foreground (owns the claws' channels)")
+    sub.add_parser("reconcile", help="finish or undo interrupted operations; fix drift and orphans")
+
+    host = sub.add_parser("host", help="prepare this machine").add_subparsers(
+        dest="host_command", metavar="ACTION", required=True
+    )
+    prov = host.add_parser("provision", help="install and start libvirt, QEMU and tools (Ansible)")
+    prov.add_argument("--check", action="store_true", help="only report what would change")
+
+    image = sub.add_parser("image", help="golden images").add_subparsers(
+        dest="image_command", metavar="ACTION", required=True
+    )
+    build = image.add_parser("build", help="build the golden image from images/ (cached)")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    image.add_parser("list", help="list built images")
+    image.add_parser("verify", help="check the newest image against its manifest")
+
+    claw = sub.add_parser("claw", help="manage claws").add_subparsers(
+        dest="claw_command", metavar="ACTION", required=True
+    )
+    create = claw.add_parser("create", help="create and boot a claw")
+    create.add_argument("name")
+    create.add_argument("--member", required=True, help="the family member it belongs to")
+    create.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
+    create.add_argument("--memory", type=int, default=512, help="memory in MiB (default 512)")
+    create.add_argument("--no-wait", action="store_true", help="do not wait for the channel")
+    create.add_argument("--timeout", type=float, default=300, help="seconds to wait for ready")
+    claw.add_parser("list", help="list claws")
+    for action, text in (
+        ("start", "start a stopped claw"),
+        ("stop", "shut a claw down (its data disk is kept)"),
+        ("status", "show a claw's state, channel and resources"),
+    ):
+        cmd = claw.add_parser(action, help=text)
+        cmd.add_argument("name")
+        if action == "start":
+            cmd.add_argument("--no-wait", action="store_true", help="do not wait for the channel")
+            cmd.add_argument("--timeout", type=float, default=300, help="seconds to wait")
+    destroy = claw.add_parser("destroy", help="delete a claw, its disks and keys")
+    destroy.add_argument("name")
+    destroy.add_argument("--yes", action="store_true", help="confirm: this deletes its data")
+    ex = claw.add_parser("exec", help="run a command in a claw as its `claw` user")
+    ex.add_argument("name")
+    ex.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    console = claw.add_parser("console", help="print a claw's serial console log")
+    console.add_argument("name")
+    console.add_argument("--lines", type=int, default=0, help="only the last N lines")
+
+    audit = sub.add_parser("audit", help="the hash-chained audit log").add_subparsers(
+        dest="audit_command", metavar="ACTION", required=True
+    )
+    audit.add_parser("verify", help="check the chain: any edited, deleted or reordered row")
+    show = audit.add_parser("list", help="show recent entries")
+    show.add_argument("--limit", type=int, default=50)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # A closed pipe (`clawden ... | head`) is not an error worth a traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = _parser().parse_args(argv)
+    try:
+        return commands.dispatch(args)
+    except ClawdenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted — run `clawden reconcile` to finish or undo what was started",
+            file=sys.stderr,
+        )
+        return 130
+

@@ -1,0 +1,191 @@
+"""The long-running controller: owns every running claw's channel.
+
+On start it reconciles (finishing whatever a killed CLI left half-done), then
+keeps looping: every couple of seconds it makes the set of supervised channels
+match the claws that are running, and every so often it reconciles again so a
+crashed guest comes back. It also serves the CLI's local API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from appliance.channel.manager import ChannelManager
+from appliance.channel.services import ServiceRegistry
+from appliance.channel.transport import run_command
+from appliance.controller.context import Context
+from appliance.controller.guestfiles import channel_target
+from appliance.controller.reconcile import reconcile
+from appliance.controller.rpc import Reply, RpcServer, encode_chunk
+from appliance.core.model import ClawState, domain_name
+from appliance.core.ports import DomainState
+from appliance.errors import ClawdenError, NotFound
+
+log = logging.getLogger(__name__)
+
+SYNC_EVERY = 2.0
+RECONCILE_EVERY = 30.0
+
+
+class Controller:
+    def __init__(
+        self,
+        context_factory: Callable[[], Context],
+        registry: ServiceRegistry,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        # Each thread that touches the store gets its own Context (and SQLite
+        # connection); the factory builds one on demand.
+        self._new_context = context_factory
+        self._ctx = context_factory()
+        self._say = say
+        self._stop = threading.Event()
+        self.channels = ChannelManager(registry, self._target_for, self._audit_event)
+        self._rpc = RpcServer(
+            self._ctx.settings.controller_socket,
+            {
+                "ping": self._ping,
+                "status": self._status,
+                "wait_ready": self._wait_ready,
+                "exec": self._exec,
+                "reconnect": self._reconnect,
+            },
+        )
+
+    # ---- lifecycle ------------------------------------------------------
+    def run(self) -> None:
+        self._reconcile(initial=True)
+        self._rpc.start()
+        self._say(f"controller ready (pid {os.getpid()}, socket {self._rpc.path})")
+        last_reconcile = time.monotonic()
+        try:
+            while not self._stop.wait(SYNC_EVERY):
+                if time.monotonic() - last_reconcile > RECONCILE_EVERY:
+                    self._reconcile(initial=False)
+                    last_reconcile = time.monotonic()
+                self._sync_channels()
+        finally:
+            self._rpc.close()
+            self.channels.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _reconcile(self, initial: bool) -> None:
+        try:
+            report = reconcile(self._ctx, self._say if initial else log.info)
+        except ClawdenError as exc:
+            self._say(f"reconcile skipped: {exc}")
+            return
+        for line in report.errors:
+            self._say(f"reconcile: {line}")
+        if initial and report.changed:
+            self._say(
+                f"reconciled: resumed {len(report.resumed)}, restarted {len(report.restarted)},"
+                f" stopped {len(report.stopped)}, orphans removed {len(report.orphans_removed)}"
+            )
+        self._sync_channels()
+
+    def _sync_channels(self) -> None:
+        try:
+            wanted = {
+                c.name
+                for c in self._ctx.claws.list()
+                if c.state is ClawState.RUNNING
+                and self._ctx.hypervisor.state(domain_name(c.name)) is DomainState.RUNNING
+            }
+        except ClawdenError as exc:
+            log.warning("cannot list claws: %s", exc)
+            return
+        for claw in self.channels.claws():
+            if claw not in wanted:
+                self.channels.drop(claw)
+        for claw in wanted:
+            self.channels.ensure(claw)
+
+    def _target_for(self, claw: str) -> Any:
+        return channel_target(self._new_context(), claw)
+
+    def _audit_event(self, action: str, claw: str, details: dict[str, object]) -> None:
+        ctx = self._new_context()
+        ctx.audit.append("controller", action, claw, dict(details))
+        self._say(f"{claw}: {action}: {details.get('error', '')}")
+
+    # ---- API handlers (each runs on its own thread) --------------------
+    def _ping(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
+        return {"pid": os.getpid()}
+
+    def _status(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
+        claws = {}
+        for claw in self.channels.claws():
+            conn = self.channels.get(claw)
+            if conn is not None:
+                st = conn.status()
+                claws[claw] = {
+                    "state": st.state.value,
+                    "since": st.since,
+                    "connects": st.connects,
+                    "last_error": st.last_error,
+                }
+        return {"pid": os.getpid(), "channels": claws}
+
+    def _connection(self, claw: str) -> Any:
+        ctx = self._new_context()
+        record = ctx.claws.require(claw)
+        if record.state is not ClawState.RUNNING:
+            raise ClawdenError(
+                f"claw {claw!r} is {record.state.value}", f"start it: `clawden claw start {claw}`"
+            )
+        self._sync_channels()
+        conn = self.channels.get(claw)
+        if conn is None:
+            raise NotFound(
+                f"claw {claw!r} is not running in libvirt",
+                f"run `clawden reconcile` or `clawden claw start {claw}`",
+            )
+        return conn
+
+    def _wait_ready(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
+        claw = str(request["claw"])
+        timeout = float(request.get("timeout", 300))
+        deadline = time.monotonic() + timeout
+        conn = None
+        while conn is None:
+            try:
+                conn = self._connection(claw)
+            except NotFound:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        ready = conn.wait_ready(max(0.0, deadline - time.monotonic()))
+        st = conn.status()
+        return {"ready": ready, "state": st.state.value, "last_error": st.last_error}
+
+    def _exec(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
+        claw = str(request["claw"])
+        argv = [str(a) for a in request["argv"]]
+        timeout = request.get("timeout")
+        conn = self._connection(claw)
+        if not conn.wait_ready(float(request.get("wait", 0))):
+            conn.transport()  # raises the informative Unavailable
+        code = run_command(
+            conn.transport(),
+            shlex.join(argv),
+            lambda b: send({"stdout": encode_chunk(b)}),
+            lambda b: send({"stderr": encode_chunk(b)}),
+            timeout=None if timeout is None else float(timeout),
+        )
+        return {"exit": code}
+
+    def _reconnect(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
+        """Drop a claw's channel and open a fresh one (keys re-read from the store)."""
+        claw = str(request["claw"])
+        self.channels.drop(claw)
+        self._connection(claw)
+        return {"reconnecting": claw}

@@ -1,0 +1,275 @@
+"""Boot a golden image with plain QEMU (no libvirt) and time boot-to-SSH.
+
+Mints fresh keys, builds the three per-claw disks, starts QEMU with the one
+virtio-serial port on a unix socket, and measures seconds from QEMU's start
+until a paramiko Transport over that socket has pinned the guest's host key
+and authenticated as ``claw``. Then runs ``ip -br link`` (must show only
+``lo``: the VM has no NIC), closes the transport and times a reconnect
+(the guest's control service must have started a fresh sshd).
+
+    python bench/plain_qemu_boot.py [IMAGE_DIR]      # default: latest image
+
+Prints one JSON object. Importable: ``boot_plain_qemu(...) -> float``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+
+from appliance.config import Settings
+from appliance.errors import IntegrityError
+from appliance.image.manifest import GoldenImage, latest_image, load_image
+from appliance.provisioning import disks, keys
+
+CMDLINE = "root=/dev/vda ro console=ttyS0 panic=-1 net.ifnames=0"
+CHANNEL = "org.clawden.control"
+
+
+@dataclass
+class BootResult:
+    boot_to_ssh_s: float = 0.0
+    reconnect_s: float = 0.0
+    reconnect_attempts: int = 0
+    ip_link: str = ""
+    checks: dict[str, str] = field(default_factory=dict)
+
+
+def connect(sock_path: Path, host_public: str, client: paramiko.PKey, timeout: float) -> paramiko.Transport:
+    """SSH over the unix socket: handshake, pin the host key, authenticate as claw."""
+    sock = _open_socket(sock_path, deadline=time.monotonic() + 10)
+    transport = paramiko.Transport(_await_banner(sock, timeout))
+    # The guest may still be booting: its sshd answers only once it is up,
+    # so the banner and handshake waits cover the whole boot.
+    transport.banner_timeout = timeout
+    transport.handshake_timeout = timeout
+    transport.start_client(timeout=timeout)
+    served = keys.public_line_of(transport.get_remote_server_key())
+    if not keys.same_public_key(served, host_public):
+        transport.close()
+        raise IntegrityError("guest host key does not match the minted one", "re-provision")
+    transport.auth_publickey("claw", client)
+    if not transport.is_authenticated():
+        raise RuntimeError("authentication as claw failed")
+    return transport
+
+
+class _Replay:
+    """A socket whose first reads replay bytes already read from it."""
+
+    def __init__(self, sock: socket.socket, head: bytes) -> None:
+        self._sock, self._head = sock, head
+
+    def recv(self, n: int) -> bytes:
+        if self._head:
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self._sock.recv(n)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+def _await_banner(sock: socket.socket, timeout: float) -> _Replay:
+    """Wait for the guest sshd's banner *before* sending anything.
+
+    Bytes sent while the previous session's socat is still reading the port
+    would feed the dying sshd and be lost to the next one; a banner can only
+    come from a fresh sshd, so after it the port is safe to write to. Anything
+    before the banner (left over from an old session) is dropped.
+    """
+    sock.settimeout(timeout)
+    buf = b""
+    while True:
+        start = buf.find(b"SSH-")
+        if start >= 0 and (start == 0 or buf[start - 1 : start] == b"\n") and b"\n" in buf[start:]:
+            return _Replay(sock, buf[start:])
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise EOFError("control socket closed before the guest's banner")
+        buf = buf[-4096:] + chunk
+
+
+def disconnect(transport: paramiko.Transport) -> None:
+    """Close with an SSH_MSG_DISCONNECT first (paramiko's close() sends none),
+    so the guest's sshd exits at once instead of waiting to notice the port
+    closing; virtio-serial can fold a quick close+reopen into no event at all."""
+    if transport.is_active():
+        msg = paramiko.Message()
+        msg.add_byte(paramiko.common.cMSG_DISCONNECT)
+        msg.add_int(11)  # SSH_DISCONNECT_BY_APPLICATION
+        msg.add_string("bye")
+        msg.add_string("")
+        transport._send_user_message(msg)  # no public API for this
+    transport.close()
+
+
+def reconnect(
+    sock_path: Path, host_public: str, client: paramiko.PKey, attempts: int = 5
+) -> tuple[paramiko.Transport, int]:
+    """Connect again after a disconnect. The first try can still meet the old
+    sshd (it then dies of the garbage, and a fresh one is started), so retry."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return connect(sock_path, host_public, client, timeout=15), attempt
+        except (paramiko.SSHException, EOFError, OSError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def run(transport: paramiko.Transport, command: str) -> str:
+    chan = transport.open_session()
+    chan.exec_command(command)
+    out = chan.makefile("rb").read().decode()
+    status = chan.recv_exit_status()
+    chan.close()
+    if status != 0:
+        raise RuntimeError(f"{command!r} exited {status}")
+    return out.strip()
+
+
+@contextmanager
+def _qemu(image: GoldenImage, work: Path, memory_mib: int) -> Iterator[subprocess.Popen[bytes]]:
+    argv = [
+        "qemu-system-x86_64", "-nodefaults", "-nographic", "-machine", "q35", "-accel", "tcg",
+        "-m", str(memory_mib), "-smp", "1", "-no-reboot", "-monitor", "none",
+        "-serial", f"file:{work / 'console.log'}",
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", CMDLINE,
+        "-drive", f"file={work / 'root.qcow2'},format=qcow2,if=virtio",
+        "-drive", f"file={work / 'seed.img'},format=raw,if=virtio,readonly=on",
+        "-drive", f"file={work / 'data.qcow2'},format=qcow2,if=virtio",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"socket,id=ctl,path={work / 'control.sock'},server=on,wait=off",
+        "-device", f"virtserialport,chardev=ctl,name={CHANNEL}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _open_socket(path: Path, deadline: float) -> socket.socket:
+    # QEMU binds the socket a moment before it listens on it.
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"qemu exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("qemu did not create the control socket")
+        time.sleep(0.02)
+
+
+def boot_plain_qemu(
+    image: GoldenImage,
+    work: Path,
+    memory_mib: int = 512,
+    timeout: float = 300.0,
+    result: BootResult | None = None,
+) -> float:
+    """Provision disks in ``work``, boot, and return seconds to authenticated SSH.
+    Fills ``result`` (if given) with the reconnect time and guest checks."""
+    result = result if result is not None else BootResult()
+    host_key = keys.mint_ed25519("guest-host@bench")
+    client_key = keys.mint_ed25519("clawden-host@bench")
+    disks.create_root_overlay(image.golden, work / "root.qcow2")
+    disks.create_data_disk(work / "data.qcow2", 1024)
+    disks.create_seed_disk(
+        work / "seed.img",
+        disks.SeedContent(
+            host_private_key=host_key.private_openssh,
+            host_public_key=host_key.public_openssh,
+            authorized_keys=disks.authorized_keys_line(
+                client_key.public_openssh, disks.GUEST_PORTS.values()
+            ),
+            claw_json=disks.claw_identity("bench", "Bench"),
+        ),
+    )
+    client = keys.load_private_key(client_key.private_openssh)
+    sock_path = work / "control.sock"
+
+    started = time.monotonic()
+    with _qemu(image, work, memory_mib) as proc:
+        _wait_for_socket(sock_path, proc, 30)
+        transport = connect(sock_path, host_key.public_openssh, client, timeout)
+        result.boot_to_ssh_s = time.monotonic() - started
+        result.ip_link = run(transport, "ip -br link")
+        result.checks["id"] = run(transport, "id")
+        result.checks["root_mount"] = run(transport, "findmnt -no OPTIONS /")
+        result.checks["data_mount"] = run(transport, "findmnt -no SOURCE,OPTIONS /data")
+        result.checks["home"] = run(transport, "pwd; ls -ld /data/home /data/workspace")
+        disconnect(transport)
+
+        # The host closing must end that sshd; the guest restarts the bridge.
+        again = time.monotonic()
+        transport, tries = reconnect(sock_path, host_key.public_openssh, client)
+        result.reconnect_s = time.monotonic() - again
+        result.reconnect_attempts = tries
+        result.checks["after_reconnect"] = run(transport, "echo ok")
+        disconnect(transport)
+    return result.boot_to_ssh_s
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        image = load_image(Path(argv[1]))
+    else:
+        found = latest_image(Settings.from_env().images_dir)
+        if found is None:
+            print("no golden image: run `clawden image build` first", file=sys.stderr)
+            return 1
+        image = found
+    result = BootResult()
+    with tempfile.TemporaryDirectory(prefix="clawden-bench-") as tmp:
+        boot_plain_qemu(image, Path(tmp), result=result)
+    only_lo = [line.split()[0] for line in result.ip_link.splitlines()] == ["lo"]
+    print(
+        json.dumps(
+            {
+                "image": image.version,
+                "accel": "tcg",
+                "boot_to_ssh_s": round(result.boot_to_ssh_s, 2),
+                "reconnect_s": round(result.reconnect_s, 2),
+                "reconnect_attempts": result.reconnect_attempts,
+                "ip_link": result.ip_link,
+                "only_loopback": only_lo,
+                "checks": result.checks,
+            },
+            indent=2,
+        )
+    )
+    return 0 if only_lo else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Run clawden's checks on this machine (Debian/Ubuntu, as root): tooling and
+# host provisioning first (the integration tests need real libvirtd), then
+# ruff, mypy and pytest over all of tests/ (unit and integration).
+#
+#   bash scripts/test.sh                 # everything
+#   bash scripts/test.sh -k provision    # extra arguments go to pytest
+#
+# Exit status: pytest's own when it fails (5 = no tests collected counts as a
+# failure); otherwise 1 if ruff or mypy failed; 0 when all passed. ruff and
+# mypy failures do not stop pytest, so one CI run reports everything.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "bootstrap (Debian packages, .venv)"
+bash scripts/bootstrap.sh || exit
+step "host provisioning"
+.venv/bin/clawden host provision || exit
+
+lint_failed=0
+step "ruff"
+# Only the directories that exist: git does not keep empty ones, and a
+# missing bench/ must not read as a lint failure.
+lint_dirs=()
+for dir in appliance tests bench; do
+    [[ -d $dir ]] && lint_dirs+=("$dir")
+done
+.venv/bin/ruff check "${lint_dirs[@]}" || lint_failed=1
+step "mypy"
+.venv/bin/mypy || lint_failed=1  # files and strictness come from pyproject.toml
+
+step "pytest"
+# No path argument: pytest's testpaths (pyproject.toml) is all of tests/.
+.venv/bin/pytest -ra "$@"
+rc=$?
+if ((rc != 0)); then
+    exit "$rc"
+fi
+if ((lint_failed)); then
+    printf '\ntests passed, but ruff or mypy reported problems (see above)\n' >&2
+    exit 1
+fi

@@ -1,0 +1,187 @@
+"""Lifecycle against real VMs: persistence, destroy, refusals, bad input, resumability."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Env, env_for, make_home
+from tests.support.local_sshd import mint_ed25519
+
+pytestmark = pytest.mark.integration
+
+
+def _virsh_domains() -> list[str]:
+    out = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and " — " in lines[0], lines[0]
+    return lines[0]
+
+
+def test_data_survives_stop_and_start(clawden_env: Env, two_claws: tuple[str, str]) -> None:
+    clawden_env.run("claw", "exec", "bob", "--", "sh", "-c", "echo persisted > /data/home/note")
+    clawden_env.run("claw", "stop", "bob")
+    assert "stopped" in clawden_env.run("claw", "status", "bob").stdout
+    clawden_env.run("claw", "start", "bob", "--timeout", "400")
+    out = clawden_env.run("claw", "exec", "bob", "--", "cat", "/data/home/note").stdout
+    assert out == "persisted\n"
+
+
+def test_changed_guest_host_key_is_refused_and_audited(clawden_env: Env, two_claws: tuple[str, str]) -> None:
+    db = clawden_env.home / "clawden.db"
+    _, impostor = mint_ed25519()
+    with sqlite3.connect(db) as conn:
+        (real,) = conn.execute(
+            "select public_key from keys where claw='alice' and kind='guest_host'"
+        ).fetchone()
+        conn.execute(
+            "update keys set public_key=? where claw='alice' and kind='guest_host'", (impostor,)
+        )
+    conn.close()
+    try:
+        clawden_env.run("claw", "exec", "alice", "--", "true", check=False)  # warm
+        _reconnect(clawden_env, "alice")
+        deadline = time.monotonic() + 120
+        status = ""
+        while time.monotonic() < deadline:
+            status = clawden_env.run("claw", "status", "alice").stdout
+            if "refused" in status:
+                break
+            time.sleep(1)
+        assert "refused" in status and "pinned" in status, status
+        proc = clawden_env.run("claw", "exec", "alice", "--", "true", check=False)
+        assert "not connected" in _one_line_error(proc)
+        assert "channel.hostkey_mismatch" in clawden_env.run("audit", "list").stdout
+    finally:
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "update keys set public_key=? where claw='alice' and kind='guest_host'", (real,)
+            )
+        conn.close()
+        _reconnect(clawden_env, "alice")
+    clawden_env.run("claw", "start", "alice", "--timeout", "400")  # waits until ready again
+    assert clawden_env.run("claw", "exec", "alice", "--", "true").returncode == 0
+
+
+def _reconnect(env: Env, claw: str) -> None:
+    from appliance.controller import rpc
+
+    rpc.call(env.home / "run" / "controller.sock", {"op": "reconnect", "claw": claw})
+
+
+def test_tampered_golden_image_is_refused(clawden_env: Env, controller: object) -> None:
+    home = make_home("clawden-tamper-")
+    try:
+        src = sorted((clawden_env.home / "images").glob("*/manifest.json"))[-1].parent
+        dst = home / "images" / src.name
+        dst.parent.mkdir(mode=0o711)
+        shutil.copytree(src, dst)
+        golden = dst / "golden.qcow2"
+        golden.chmod(0o644)
+        with golden.open("r+b") as f:
+            f.seek(1 << 20)
+            byte = f.read(1)
+            f.seek(1 << 20)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        env = Env(home, env_for(home))
+        proc = env.run("claw", "create", "mallory", "--member", "M", "--no-wait", check=False)
+        line = _one_line_error(proc)
+        assert "sha256" in line and "clawden image build --force" in line
+        assert "clawden-mallory" not in _virsh_domains()
+        assert "no claws" in env.run("claw", "list").stdout
+        assert "image.refused" in env.run("audit", "list").stdout
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_bad_input_gets_one_line_errors_and_loses_nothing(clawden_env: Env, two_claws: tuple[str, str]) -> None:
+    before = clawden_env.run("claw", "list").stdout
+    cases = [
+        (("claw", "create", "Bad_Name", "--member", "X"), "invalid claw name"),
+        (("claw", "create", "alice", "--member", "Someone"), "already exists"),
+        (("claw", "create", "zed", "--member", "Z", "--memory", "1"), "invalid --memory"),
+        (("claw", "status", "nobody"), "no claw named 'nobody'"),
+        (("claw", "exec", "nobody", "--", "true"), "no claw named 'nobody'"),
+        (("claw", "destroy", "alice"), "--yes"),
+    ]
+    for args, expected in cases:
+        line = _one_line_error(clawden_env.run(*args, check=False))
+        assert expected in line, (args, line)
+    assert clawden_env.run("claw", "list").stdout == before
+
+    down = clawden_env.run(
+        "claw", "create", "zed", "--member", "Z", check=False,
+        extra_env={"CLAWDEN_LIBVIRT_URI": "qemu+unix:///system?socket=/nonexistent/libvirt-sock"},
+    )
+    assert "libvirtd" in _one_line_error(down)
+    assert clawden_env.run("claw", "list").stdout == before
+
+    empty = make_home("clawden-empty-")
+    try:
+        proc = Env(empty, env_for(empty)).run("claw", "create", "zed", "--member", "Z", check=False)
+        assert "clawden image build" in _one_line_error(proc)
+    finally:
+        shutil.rmtree(empty, ignore_errors=True)
+
+
+def _kill_at(env: Env, args: tuple[str, ...], marker: str) -> None:
+    """Run a CLI command and SIGKILL it as soon as it reports reaching ``marker``."""
+    proc = env.popen(*args)
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if marker in line:
+                proc.kill()
+                break
+        else:
+            raise AssertionError(f"never reached {marker!r}")
+    finally:
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def test_killed_create_and_destroy_are_completed_by_reconcile(clawden_env: Env, controller: object) -> None:
+    _kill_at(clawden_env, ("claw", "create", "carol", "--member", "Carol", "--no-wait"), "create carol: define")
+    status = clawden_env.run("claw", "status", "carol").stdout
+    assert "operation: create" in status
+    clawden_env.run("reconcile")
+    assert "running" in clawden_env.run("claw", "status", "carol").stdout
+    assert "clawden-carol" in _virsh_domains()
+
+    _kill_at(clawden_env, ("claw", "destroy", "carol", "--yes"), "destroy carol: undefine")
+    clawden_env.run("reconcile")
+    _assert_gone(clawden_env, "carol")
+
+
+def test_destroy_leaves_no_domain_disk_key_or_socket(clawden_env: Env, two_claws: tuple[str, str]) -> None:
+    clawden_env.run("claw", "destroy", "bob", "--yes")
+    _assert_gone(clawden_env, "bob")
+    # alice is untouched by bob's destruction
+    assert clawden_env.run("claw", "exec", "alice", "--", "true").returncode == 0
+
+
+def _assert_gone(env: Env, claw: str) -> None:
+    assert f"clawden-{claw}" not in _virsh_domains()
+    assert not (env.home / "claws" / claw).exists()
+    with sqlite3.connect(env.home / "clawden.db") as conn:
+        assert conn.execute("select count(*) from keys where claw=?", (claw,)).fetchone() == (0,)
+        assert conn.execute("select count(*) from claws where name=?", (claw,)).fetchone() == (0,)
+    conn.close()
+    assert not list(Path(env.home).rglob(f"*{claw}*.sock"))
+    assert "no claw named" in env.run("claw", "status", claw, check=False).stderr

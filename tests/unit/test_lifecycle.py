@@ -1,0 +1,225 @@
+"""Create/start/stop/destroy and reconcile against FakeHypervisor, real SQLite
+and the real disk tools (qemu-img, mkfs.ext4): fast, no VM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Settings
+from appliance.controller.context import Context
+from appliance.controller.lifecycle import Lifecycle
+from appliance.controller.reconcile import reconcile
+from appliance.core.model import ClawSpec, ClawState
+from appliance.core.ports import AcceleratorChoice, DomainState
+from appliance.errors import ClawdenError, Conflict, IntegrityError, Unavailable
+from appliance.hypervisor.domain import Accelerator
+from appliance.hypervisor.fake import FakeHypervisor
+from appliance.image.manifest import artefact_entry, write_manifest
+from appliance.store import open_db
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("qemu-img") is None or shutil.which("mkfs.ext4", path="/usr/sbin:/sbin") is None,
+    reason="needs qemu-utils and e2fsprogs (installed by `clawden host provision`)",
+)
+
+
+def _fake_image(images: Path) -> Path:
+    d = images / "bookworm-test00000000"
+    d.mkdir(parents=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(d / "golden.qcow2"), "64M"], check=True
+    )
+    (d / "vmlinuz").write_bytes(b"kernel")
+    (d / "initrd.img").write_bytes(b"initrd")
+    write_manifest(
+        d,
+        {
+            "version": d.name,
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "artefacts": {n: artefact_entry(d / n) for n in ("golden.qcow2", "vmlinuz", "initrd.img")},
+        },
+    )
+    return d
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[Context]:
+    settings = Settings(home=tmp_path / "home", libvirt_uri="fake:///")
+    settings.ensure_dirs()
+    _fake_image(settings.images_dir)
+    db = open_db(settings.db_path)
+    context = Context(
+        settings=settings,
+        db=db,
+        hypervisor=FakeHypervisor(),
+        pick_accelerator=lambda k, i: AcceleratorChoice(Accelerator.TCG, "test"),
+    )
+    yield context
+    db.close()
+
+
+def _fake(ctx: Context) -> FakeHypervisor:
+    assert isinstance(ctx.hypervisor, FakeHypervisor)
+    return ctx.hypervisor
+
+
+def _actions(ctx: Context) -> list[str]:
+    return [e.action for e in ctx.audit.entries()]
+
+
+def test_create_boots_a_claw_with_disks_keys_and_audit(ctx: Context) -> None:
+    claw = Lifecycle(ctx).create(ClawSpec("alice", "Alice"))
+    assert claw.state is ClawState.RUNNING
+    assert ctx.hypervisor.state("clawden-alice") is DomainState.RUNNING
+    d = ctx.settings.claw_dir("alice")
+    assert {p.name for p in d.iterdir()} >= {"root.qcow2", "data.qcow2", "seed.img"}
+    assert ctx.keys.get("alice", "guest_host") is not None
+    client = ctx.keys.get("alice", "host_client")
+    assert client is not None and client.private_key
+    assert "claw.create" in _actions(ctx)
+    assert ctx.ops.unfinished() == []
+
+
+def test_root_overlay_is_backed_by_the_golden_image_which_stays_untouched(ctx: Context) -> None:
+    golden = next(ctx.settings.images_dir.glob("*/golden.qcow2"))
+    before = golden.read_bytes()
+    Lifecycle(ctx).create(ClawSpec("alice", "Alice"))
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(ctx.settings.claw_dir("alice") / "root.qcow2")],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert str(golden) in info
+    assert golden.read_bytes() == before
+
+
+def test_duplicate_name_is_refused_and_the_original_untouched(ctx: Context) -> None:
+    life = Lifecycle(ctx)
+    life.create(ClawSpec("alice", "Alice"))
+    before = ctx.claws.require("alice")
+    with pytest.raises(Conflict, match="already exists"):
+        life.create(ClawSpec("alice", "Mallory"))
+    assert ctx.claws.require("alice") == before
+
+
+def test_failed_boot_rolls_create_back_completely(ctx: Context) -> None:
+    _fake(ctx).fail_start.add("clawden-bob")
+    with pytest.raises(ClawdenError):
+        Lifecycle(ctx).create(ClawSpec("bob", "Bob"))
+    assert ctx.claws.get("bob") is None
+    assert ctx.hypervisor.state("clawden-bob") is None
+    assert not ctx.settings.claw_dir("bob").exists()
+    assert ctx.keys.get("bob", "host_client") is None
+    assert "claw.create.rolled_back" in _actions(ctx)
+    assert ctx.ops.history("bob")[0].status == "rolled_back"
+
+
+class _Killed(KeyboardInterrupt):
+    pass
+
+
+def _dies_at(marker: str):  # type: ignore[no-untyped-def]
+    def progress(line: str) -> None:
+        if line.endswith(marker):
+            raise _Killed(marker)
+
+    return progress
+
+
+@pytest.mark.parametrize("step", ["record", "provision", "disks", "define", "boot"])
+def test_create_interrupted_at_any_step_is_finished_by_reconcile(ctx: Context, step: str) -> None:
+    with pytest.raises(_Killed):
+        Lifecycle(ctx).create(ClawSpec("carol", "Carol"), _dies_at(f"create carol: {step}"))
+    (op,) = ctx.ops.unfinished()
+    assert op.step == step
+    report = reconcile(ctx)
+    assert report.resumed and not report.errors
+    assert ctx.claws.require("carol").state is ClawState.RUNNING
+    assert ctx.hypervisor.state("clawden-carol") is DomainState.RUNNING
+    assert ctx.ops.unfinished() == []
+
+
+@pytest.mark.parametrize("step", ["record", "halt", "undefine", "files", "keys", "forget"])
+def test_destroy_interrupted_at_any_step_is_finished_by_reconcile(ctx: Context, step: str) -> None:
+    life = Lifecycle(ctx)
+    life.create(ClawSpec("dave", "Dave"))
+    with pytest.raises(_Killed):
+        life.destroy("dave", _dies_at(f"destroy dave: {step}"))
+    reconcile(ctx)
+    assert ctx.claws.get("dave") is None
+    assert ctx.hypervisor.state("clawden-dave") is None
+    assert not ctx.settings.claw_dir("dave").exists()
+    assert ctx.keys.get("dave", "guest_host") is None
+
+
+def test_stop_start_keeps_data_disk_and_renews_root(ctx: Context) -> None:
+    life = Lifecycle(ctx)
+    life.create(ClawSpec("erin", "Erin"))
+    data = ctx.settings.claw_dir("erin") / "data.qcow2"
+    root = ctx.settings.claw_dir("erin") / "root.qcow2"
+    data_inode, root_inode = data.stat().st_ino, root.stat().st_ino
+    life.stop("erin")
+    assert ctx.claws.require("erin").state is ClawState.STOPPED
+    assert ctx.hypervisor.state("clawden-erin") is DomainState.SHUTOFF
+    life.start("erin")
+    assert ctx.hypervisor.state("clawden-erin") is DomainState.RUNNING
+    assert data.stat().st_ino == data_inode
+    assert root.stat().st_ino != root_inode
+
+
+def test_hypervisor_down_is_unavailable_and_stores_nothing(ctx: Context) -> None:
+    _fake(ctx).available = False
+    with pytest.raises(Unavailable):
+        Lifecycle(ctx).create(ClawSpec("frank", "Frank"))
+    assert ctx.claws.list() == []
+    assert ctx.ops.history() == []
+
+
+def test_tampered_image_is_refused_and_audited(ctx: Context) -> None:
+    golden = next(ctx.settings.images_dir.glob("*/golden.qcow2"))
+    with golden.open("r+b") as f:
+        f.seek(100)
+        f.write(b"\xff")
+    with pytest.raises(IntegrityError, match="sha256"):
+        Lifecycle(ctx).create(ClawSpec("gina", "Gina"))
+    assert ctx.claws.list() == []
+    assert "image.refused" in _actions(ctx)
+
+
+def test_reconcile_restarts_a_crashed_claw_and_removes_orphans(ctx: Context) -> None:
+    Lifecycle(ctx).create(ClawSpec("hal", "Hal"))
+    _fake(ctx).crash("clawden-hal")
+    Lifecycle(ctx).create(ClawSpec("ivy", "Ivy"))
+    # an orphan: a domain and files nothing accounts for
+    ctx.claws.delete("ivy")
+    report = reconcile(ctx)
+    assert report.restarted == ["hal"]
+    assert ctx.hypervisor.state("clawden-hal") is DomainState.RUNNING
+    assert "clawden-ivy" in report.orphans_removed
+    assert ctx.hypervisor.state("clawden-ivy") is None
+    assert not ctx.settings.claw_dir("ivy").exists()
+    assert reconcile(ctx).changed is False
+
+
+def test_operation_owned_by_a_live_process_is_left_alone(ctx: Context) -> None:
+    with pytest.raises(_Killed):
+        Lifecycle(ctx).create(ClawSpec("jo", "Jo"), _dies_at("create jo: disks"))
+    (op,) = ctx.ops.unfinished()
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        ctx.db.execute("UPDATE operations SET owner_pid = ? WHERE id = ?", (sleeper.pid, op.id))
+        ctx.db.conn.commit()
+        report = reconcile(ctx)
+        assert report.resumed == []
+        assert ctx.ops.unfinished()[0].id == op.id
+        with pytest.raises(Conflict, match=f"process {sleeper.pid}"):
+            Lifecycle(ctx).destroy("jo")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert os.getpid() != sleeper.pid
