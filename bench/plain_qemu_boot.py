@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,22 +45,32 @@ class BootResult:
     checks: dict[str, str] = field(default_factory=dict)
 
 
-def connect(sock_path: Path, host_public: str, client: paramiko.PKey, timeout: float) -> paramiko.Transport:
-    """SSH over the unix socket: handshake, pin the host key, authenticate as claw."""
+def connect(
+    sock_path: Path, host_public: str, client: paramiko.PKey, timeout: float
+) -> paramiko.Transport:
+    """SSH over the unix socket: handshake, pin the host key, authenticate as claw.
+    On any failure the socket is closed: the guest must see the host hang up."""
     sock = _open_socket(sock_path, deadline=time.monotonic() + 10)
-    transport = paramiko.Transport(_await_banner(sock, timeout))
-    # The guest may still be booting: its sshd answers only once it is up,
-    # so the banner and handshake waits cover the whole boot.
-    transport.banner_timeout = timeout
-    transport.handshake_timeout = timeout
-    transport.start_client(timeout=timeout)
-    served = keys.public_line_of(transport.get_remote_server_key())
-    if not keys.same_public_key(served, host_public):
+    try:
+        # The guest may still be booting: its sshd answers only once it is up,
+        # so the banner and handshake waits cover the whole boot.
+        transport = paramiko.Transport(_await_banner(sock, timeout))  # type: ignore[arg-type]
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        transport.banner_timeout = timeout
+        transport.handshake_timeout = timeout
+        transport.start_client(timeout=timeout)
+        served = keys.public_line_of(transport.get_remote_server_key())
+        if not keys.same_public_key(served, host_public):
+            raise IntegrityError("guest host key does not match the minted one", "re-provision")
+        transport.auth_publickey("claw", client)
+        if not transport.is_authenticated():
+            raise RuntimeError("authentication as claw failed")
+    except BaseException:
         transport.close()
-        raise IntegrityError("guest host key does not match the minted one", "re-provision")
-    transport.auth_publickey("claw", client)
-    if not transport.is_authenticated():
-        raise RuntimeError("authentication as claw failed")
+        raise
     return transport
 
 
@@ -110,22 +120,28 @@ def disconnect(transport: paramiko.Transport) -> None:
         msg.add_int(11)  # SSH_DISCONNECT_BY_APPLICATION
         msg.add_string("bye")
         msg.add_string("")
-        transport._send_user_message(msg)  # no public API for this
+        transport._send_user_message(msg)  # type: ignore[attr-defined]  # no public API
     transport.close()
 
 
 def reconnect(
     sock_path: Path, host_public: str, client: paramiko.PKey, attempts: int = 5
 ) -> tuple[paramiko.Transport, int]:
-    """Connect again after a disconnect. The first try can still meet the old
-    sshd (it then dies of the garbage, and a fresh one is started), so retry."""
+    """Connect again after a disconnect.
+
+    If the guest never saw the previous connection close (a close quickly
+    followed by a reopen can reach it as no event at all), the old sshd still
+    owns the port and no banner comes. Then hang up and *stay* disconnected
+    for a second, long enough for the guest to see it, end that sshd and
+    start a fresh one; then try again.
+    """
     for attempt in range(1, attempts + 1):
         try:
-            return connect(sock_path, host_public, client, timeout=15), attempt
+            return connect(sock_path, host_public, client, timeout=5), attempt
         except (paramiko.SSHException, EOFError, OSError):
             if attempt == attempts:
                 raise
-            time.sleep(0.2)
+            time.sleep(1.0)
     raise AssertionError("unreachable")
 
 
@@ -138,6 +154,40 @@ def run(transport: paramiko.Transport, command: str) -> str:
     if status != 0:
         raise RuntimeError(f"{command!r} exited {status}")
     return out.strip()
+
+
+def _allowed(action: Callable[[], object]) -> str:
+    try:
+        action()
+    except (paramiko.SSHException, paramiko.ChannelException, OSError):
+        return "refused"
+    return "allowed"
+
+
+def _policy_checks(transport: paramiko.Transport) -> dict[str, str]:
+    """What the authorized_keys options and sshd config let the host do."""
+    sftp = transport.open_sftp_client()
+    listing = ",".join(sorted(sftp.listdir("/run/clawden")))
+    sftp.close()
+    checks = {
+        "sftp_ls_run_clawden": listing,
+        "forward_127.0.0.1:7701": _allowed(
+            lambda: transport.request_port_forward("127.0.0.1", 7701)
+        ),
+        "forward_127.0.0.1:7799": _allowed(
+            lambda: transport.request_port_forward("127.0.0.1", 7799)
+        ),
+        "forward_0.0.0.0:7702": _allowed(lambda: transport.request_port_forward("0.0.0.0", 7702)),
+        "local_forward_to_guest": _allowed(
+            lambda: transport.open_channel("direct-tcpip", ("127.0.0.1", 7701), ("127.0.0.1", 0))
+        ),
+        "pty": _allowed(lambda: transport.open_session().get_pty()),
+        "listening_sockets": run(
+            transport, "ss -Htuln | awk '{print $1, $5}' | sort | tr '\\n' ' '"
+        ),
+    }
+    transport.cancel_port_forward("127.0.0.1", 7701)
+    return checks
 
 
 @contextmanager
@@ -228,6 +278,7 @@ def boot_plain_qemu(
         result.checks["root_mount"] = run(transport, "findmnt -no OPTIONS /")
         result.checks["data_mount"] = run(transport, "findmnt -no SOURCE,OPTIONS /data")
         result.checks["home"] = run(transport, "pwd; ls -ld /data/home /data/workspace")
+        result.checks.update(_policy_checks(transport))
         disconnect(transport)
 
         # The host closing must end that sshd; the guest restarts the bridge.

@@ -18,10 +18,16 @@ root=$2
 overlay=$3
 guest=$4
 
+# The checkout may belong to anyone and have been made under any umask:
+# install every overlay file root-owned, 0755 if git marks it executable,
+# else 0644, whatever the modes on the build host.
+umask 022
 copy_overlay() {
-    # cp -a keeps the modes recorded in the repository (e.g. 0755 scripts);
-    # ownership is forced to root because the checkout may belong to anyone.
-    cp -a --no-preserve=ownership "$overlay"/. "$root"/
+    (cd "$overlay" && find . -type f) | while IFS= read -r f; do
+        mode=0644
+        [ -x "$overlay/$f" ] && mode=0755
+        install -D -o root -g root -m "$mode" "$overlay/$f" "$root/$f"
+    done
 }
 
 in_root() { chroot "$root" "$@"; }

@@ -40,9 +40,9 @@ class Controller:
         registry: ServiceRegistry,
         say: Callable[[str], None] = print,
     ) -> None:
-        # Each thread that touches the store gets its own Context (and SQLite
-        # connection); the factory builds one on demand.
-        self._new_context = context_factory
+        # One Context (one SQLite connection) for every thread: the store
+        # serialises access itself, and opening more connections per request
+        # would only leak them.
         self._ctx = context_factory()
         self._say = say
         self._stop = threading.Event()
@@ -110,11 +110,10 @@ class Controller:
             self.channels.ensure(claw)
 
     def _target_for(self, claw: str) -> Any:
-        return channel_target(self._new_context(), claw)
+        return channel_target(self._ctx, claw)
 
     def _audit_event(self, action: str, claw: str, details: dict[str, object]) -> None:
-        ctx = self._new_context()
-        ctx.audit.append("controller", action, claw, dict(details))
+        self._ctx.audit.append("controller", action, claw, dict(details))
         self._say(f"{claw}: {action}: {details.get('error', '')}")
 
     # ---- API handlers (each runs on its own thread) --------------------
@@ -136,8 +135,7 @@ class Controller:
         return {"pid": os.getpid(), "channels": claws}
 
     def _connection(self, claw: str) -> Any:
-        ctx = self._new_context()
-        record = ctx.claws.require(claw)
+        record = self._ctx.claws.require(claw)
         if record.state is not ClawState.RUNNING:
             raise ClawdenError(
                 f"claw {claw!r} is {record.state.value}", f"start it: `clawden claw start {claw}`"

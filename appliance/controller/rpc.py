@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import socket
 import socketserver
 import threading
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ClawdenError, Unavailable
+
+log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
 Handler = Callable[[dict[str, Any], Callable[[Reply], None]], Reply]
@@ -90,6 +93,16 @@ class RpcServer:
             send(_error_reply(ClawdenError("malformed request", "this is a bug; report it")))
         except BrokenPipeError:
             pass
+        except Exception as exc:  # noqa: BLE001 — the CLI gets an answer, the log the detail
+            log.exception("controller request %r failed", line[:200])
+            send(
+                _error_reply(
+                    ClawdenError(
+                        f"the controller failed: {type(exc).__name__}",
+                        "see the controller's output for details, then retry",
+                    )
+                )
+            )
 
 
 def _connect(path: Path, timeout: float | None) -> socket.socket:

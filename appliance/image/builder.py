@@ -13,6 +13,7 @@ import fcntl
 import os
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -68,9 +69,13 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 def _remove_build_dir(path: Path) -> None:
-    # mmdebstrap mounts /proc, /sys and /dev inside the chroot; a build killed
-    # at the wrong moment can leave them mounted, and deleting through a
-    # mounted /dev would be a disaster. Refuse instead.
+    # mmdebstrap mounts /proc, /sys and /dev/pts inside the chroot; a build
+    # killed hard (SIGKILL, power loss) leaves them mounted, and deleting
+    # through a mounted /sys or /dev would be a disaster. They are ours (inside
+    # our hidden build directory), so unmount them, deepest first; if that
+    # fails, refuse to delete anything.
+    for point in sorted(_mounts_under(path), key=lambda p: p.count("/"), reverse=True):
+        subprocess.run(["umount", point], capture_output=True, check=False)
     mounted = _mounts_under(path)
     if mounted:
         raise ClawdenError(

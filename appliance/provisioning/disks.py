@@ -50,10 +50,14 @@ class SeedContent:
     claw_json: Mapping[str, object]  # written as claw.json
 
     def __repr__(self) -> str:
-        return f"SeedContent(host_public_key={self.host_public_key!r}, claw_json={self.claw_json!r})"
+        return (
+            f"SeedContent(host_public_key={self.host_public_key!r}, claw_json={self.claw_json!r})"
+        )
 
 
-def claw_identity(name: str, member: str, ports: Mapping[str, int] = GUEST_PORTS) -> dict[str, object]:
+def claw_identity(
+    name: str, member: str, ports: Mapping[str, int] = GUEST_PORTS
+) -> dict[str, object]:
     """The ``claw.json`` document (informational for the agent)."""
     return {"name": name, "member": member, "ports": dict(ports)}
 
@@ -152,7 +156,9 @@ def create_data_disk(dest: Path, size_mib: int = DEFAULT_DATA_MIB) -> None:
 
 def _check_seed(seed: SeedContent) -> None:
     if "BEGIN OPENSSH PRIVATE KEY" not in seed.host_private_key:
-        raise InvalidInput("seed host key is not an OpenSSH private key", "mint it with keys.mint_ed25519")
+        raise InvalidInput(
+            "seed host key is not an OpenSSH private key", "mint it with keys.mint_ed25519"
+        )
     fingerprint_sha256(seed.host_public_key)
     if not seed.authorized_keys.strip():
         raise InvalidInput("seed has no authorized_keys", "use authorized_keys_line()")

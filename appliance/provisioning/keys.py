@@ -80,9 +80,7 @@ def _public_blob(public_openssh: str) -> bytes:
         ) from exc
     # The blob repeats the type name; a mismatch means a forged or mangled line.
     if not blob.startswith(len(KEY_TYPE).to_bytes(4, "big") + KEY_TYPE.encode()):
-        raise IntegrityError(
-            "public key blob is not ssh-ed25519", "re-provision the claw's keys"
-        )
+        raise IntegrityError("public key blob is not ssh-ed25519", "re-provision the claw's keys")
     return blob
 
 

@@ -33,12 +33,13 @@ def open_db(path: Path | str) -> Database:
     path = Path(path)
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    # Never open and close a descriptor on an existing database: closing *any*
+    # fd on the file drops every POSIX lock this process holds on it, silently
+    # breaking its other open connections (stale reads, "malformed" errors).
     try:
-        # An existing file may predate this rule or have been copied in.
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        os.chmod(path, 0o600)  # an existing file may predate this rule
 
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     try:

@@ -76,13 +76,21 @@ def test_repository_recipe_hashes(tmp_path: Path) -> None:
     for needed in ("linux-image-amd64", "openssh-server", "socat", "systemd-sysv"):
         assert needed in packages
     assert "gcc" not in packages and "ifupdown" not in packages
-    assert mf.version_for(mf.recipe_hash(REPO / "images", builder.GUEST_DIR)).startswith("bookworm-")
+    assert mf.version_for(mf.recipe_hash(REPO / "images", builder.GUEST_DIR)).startswith(
+        "bookworm-"
+    )
 
 
-def _image(tmp_path: Path, version: str = "bookworm-000000000000", when: str = "2026-01-01T00:00:00Z") -> mf.GoldenImage:
+def _image(
+    tmp_path: Path, version: str = "bookworm-000000000000", when: str = "2026-01-01T00:00:00Z"
+) -> mf.GoldenImage:
     image_dir = tmp_path / version
     image_dir.mkdir()
-    for name, payload in ((mf.GOLDEN, b"QFI\xfb" + b"\0" * 4096), (mf.KERNEL, b"kernel"), (mf.INITRD, b"initrd")):
+    for name, payload in (
+        (mf.GOLDEN, b"QFI\xfb" + b"\0" * 4096),
+        (mf.KERNEL, b"kernel"),
+        (mf.INITRD, b"initrd"),
+    ):
         (image_dir / name).write_bytes(payload)
     manifest = {
         "version": version,
@@ -135,7 +143,9 @@ def test_list_and_latest_skip_build_leftovers_and_order_by_time(tmp_path: Path) 
     assert latest is not None and latest.version == new.version
 
 
-def test_build_returns_cached_image_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_returns_cached_image_without_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recipe, guest = _recipe(tmp_path)
     images = tmp_path / "store"
     images.mkdir()
@@ -148,7 +158,9 @@ def test_build_returns_cached_image_without_root(tmp_path: Path, monkeypatch: py
     assert any(m.startswith("cached") for m in messages)
 
 
-def test_build_rejects_damaged_cache_and_non_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_rejects_damaged_cache_and_non_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recipe, guest = _recipe(tmp_path)
     images = tmp_path / "store"
     images.mkdir()
@@ -160,3 +172,19 @@ def test_build_rejects_damaged_cache_and_non_root(tmp_path: Path, monkeypatch: p
         builder.build_image(images, recipe, messages.append, guest_dir=guest)
     assert "root" in err.value.what and "sudo" in err.value.fix
     assert any("damaged" in m for m in messages)
+
+
+def test_mmdebstrap_command_follows_the_recipe(tmp_path: Path) -> None:
+    recipe = REPO / "images"
+    args = builder._mmdebstrap_args(recipe, builder.GUEST_DIR, tmp_path / "rootfs",
+                                    "http://mirror.invalid/debian", tmp_path / "cache")  # fmt: skip
+    assert args[0] == "mmdebstrap" and "--variant=minbase" in args
+    assert args[-3:] == ["bookworm", str(tmp_path / "rootfs"), "http://mirror.invalid/debian"]
+    include = next(a for a in args if a.startswith("--include="))
+    assert include.split("=", 1)[1].split(",") == builder._read_list(recipe / "packages.txt")
+    assert "--dpkgopt=path-exclude=/usr/share/doc/*" in args
+    assert "--dpkgopt=path-include=/usr/share/doc/*/copyright" in args
+    hooks = [a for a in args if a.startswith("--customize-hook=")]
+    # The .deb cache is saved before customize.sh purges apt's directories.
+    assert "sync-out" in hooks[0] and "customize.sh customize" in hooks[-1]
+    assert not any("customize.sh customize" in a for a in args if a.startswith("--essential"))

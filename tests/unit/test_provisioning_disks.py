@@ -16,23 +16,32 @@ import pytest
 from appliance.errors import IntegrityError, InvalidInput
 from appliance.provisioning import disks, keys
 
-needs_e2fs = pytest.mark.skipif(shutil.which("debugfs") is None and not Path("/usr/sbin/debugfs").exists(), reason="e2fsprogs missing")
+needs_e2fs = pytest.mark.skipif(
+    shutil.which("debugfs") is None and not Path("/usr/sbin/debugfs").exists(),
+    reason="e2fsprogs missing",
+)
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-utils missing")
 
 
 def _debugfs(image: Path, request: str) -> str:
-    out = subprocess.run(["/usr/sbin/debugfs", "-R", request, str(image)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["/usr/sbin/debugfs", "-R", request, str(image)], capture_output=True, text=True, check=True
+    )
     return out.stdout
 
 
 def _label(image: Path) -> str:
-    out = subprocess.run(["/usr/sbin/dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True)
-    line = next(l for l in out.stdout.splitlines() if l.startswith("Filesystem volume name:"))
+    out = subprocess.run(
+        ["/usr/sbin/dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("Filesystem volume name:"))
     return line.split(":", 1)[1].strip()
 
 
 def _qemu_info(path: Path) -> dict:  # type: ignore[type-arg]
-    out = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -70,7 +79,9 @@ def _seed() -> disks.SeedContent:
     return disks.SeedContent(
         host_private_key=host.private_openssh,
         host_public_key=host.public_openssh,
-        authorized_keys=disks.authorized_keys_line(client.public_openssh, disks.GUEST_PORTS.values()),
+        authorized_keys=disks.authorized_keys_line(
+            client.public_openssh, disks.GUEST_PORTS.values()
+        ),
         claw_json=disks.claw_identity("alice", "Alice"),
     )
 
@@ -86,14 +97,26 @@ def test_seed_disk_holds_exactly_the_seed_files(tmp_path: Path) -> None:
     listing = _debugfs(dest, "ls -l /")
     names = {line.split()[-1] for line in listing.splitlines() if line.strip()}
     assert names - {".", "..", "lost+found"} == {
-        "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "authorized_keys", "claw.json",
+        "ssh_host_ed25519_key",
+        "ssh_host_ed25519_key.pub",
+        "authorized_keys",
+        "claw.json",
     }
     assert _debugfs(dest, "cat /ssh_host_ed25519_key").strip() == seed.host_private_key.strip()
     assert _debugfs(dest, "cat /authorized_keys").strip() == seed.authorized_keys
     claw = json.loads(_debugfs(dest, "cat /claw.json"))
-    assert claw == {"name": "alice", "member": "Alice", "ports": {"hostapi": 7701, "llm": 7702, "proxy": 7703}}
+    assert claw == {
+        "name": "alice",
+        "member": "Alice",
+        "ports": {"hostapi": 7701, "llm": 7702, "proxy": 7703},
+    }
     # No journal: the guest mounts it read-only from a read-only device.
-    assert "has_journal" not in subprocess.run(["/usr/sbin/dumpe2fs", "-h", str(dest)], capture_output=True, text=True).stdout
+    assert (
+        "has_journal"
+        not in subprocess.run(
+            ["/usr/sbin/dumpe2fs", "-h", str(dest)], capture_output=True, text=True
+        ).stdout
+    )
     # No staging directory with the private key is left behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seed.img"]
 

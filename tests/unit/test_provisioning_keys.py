@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import shutil
 import subprocess
 from pathlib import Path
@@ -61,13 +60,20 @@ def test_fingerprint_is_sha256_of_the_blob() -> None:
 def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     pair = keys.mint_ed25519("c")
     (tmp_path / "k.pub").write_text(pair.public_openssh + "\n")
-    out = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "k.pub")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(tmp_path / "k.pub")], capture_output=True, text=True, check=True
+    )
     assert out.stdout.split()[1] == pair.fingerprint
 
 
 @pytest.mark.parametrize(
     "line",
-    ["", "ssh-rsa AAAAB3NzaC1yc2E x", "ssh-ed25519 !!notbase64", "ssh-ed25519 " + base64.b64encode(b"\0\0\0\x07ssh-rsa").decode()],
+    [
+        "",
+        "ssh-rsa AAAAB3NzaC1yc2E x",
+        "ssh-ed25519 !!notbase64",
+        "ssh-ed25519 " + base64.b64encode(b"\0\0\0\x07ssh-rsa").decode(),
+    ],
 )
 def test_malformed_public_lines_are_rejected(line: str) -> None:
     with pytest.raises(IntegrityError):
@@ -76,7 +82,9 @@ def test_malformed_public_lines_are_rejected(line: str) -> None:
 
 def test_bad_private_key_is_an_integrity_error() -> None:
     with pytest.raises(IntegrityError) as err:
-        keys.load_private_key("-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n-----END OPENSSH PRIVATE KEY-----\n")
+        keys.load_private_key(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n-----END OPENSSH PRIVATE KEY-----\n"
+        )
     assert "garbage" not in str(err.value)
 
 

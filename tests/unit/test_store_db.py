@@ -164,3 +164,28 @@ def test_nested_transactions_roll_back_only_the_inner_part(db: Database) -> None
                 db.execute("INSERT INTO keys VALUES ('b', 'k', 'pub', 'fp', NULL, 'now')")
                 raise RuntimeError("inner fails")
     assert [r["claw"] for r in db.query("SELECT claw FROM keys")] == ["a"]
+
+
+def test_reopening_never_opens_a_raw_descriptor_on_a_live_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Closing any fd on a SQLite file drops all of this process's POSIX locks
+    # on it, which corrupted the controller's reads while a CLI wrote. A second
+    # open_db in the same process must therefore not os.open() the file.
+    path = tmp_path / "c.db"
+    first = open_db(path)
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(file: str | os.PathLike[str], *args: object, **kw: object) -> int:
+        fd = real_open(file, *args, **kw)  # type: ignore[arg-type]
+        opened.append(str(file))  # only descriptors that were really opened
+        return fd
+
+    monkeypatch.setattr(os, "open", spy)
+    second = open_db(path)
+    try:
+        assert str(path) not in opened
+    finally:
+        second.close()
+        first.close()
