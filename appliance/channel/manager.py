@@ -20,7 +20,14 @@ from enum import StrEnum
 import paramiko
 
 from appliance.channel.services import ClawIdentity, ServiceRegistry
-from appliance.channel.transport import ChannelTarget, HostKeyMismatch, open_transport
+from appliance.channel.transport import (
+    BANNER_WINDOW,
+    ChannelTarget,
+    HostKeyMismatch,
+    NoBanner,
+    disconnect,
+    open_transport,
+)
 from appliance.errors import ClawdenError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -28,7 +35,7 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 REFUSED_RETRY = 60.0
-BANNER_WAIT = 180.0  # a TCG guest can take a while to reach sshd
+HANG_UP_PAUSE = 1.0  # long enough for the guest to see us go and restart sshd
 
 
 class ChannelState(StrEnum):
@@ -85,7 +92,7 @@ class ClawConnection:
         with self._lock:
             transport = self._transport
         if transport is not None:
-            transport.close()
+            disconnect(transport)
         self._thread.join(timeout=10)
         self._set(ChannelState.STOPPED, None, None)
 
@@ -137,7 +144,7 @@ class ClawConnection:
         reported_refusal = False
         while not self._stop.is_set():
             try:
-                transport = self._connect(self._target_factory(), BANNER_WAIT)
+                transport = self._connect(self._target_factory(), BANNER_WINDOW)
             except HostKeyMismatch as exc:
                 self._set(ChannelState.REFUSED, None, exc.what)
                 if not reported_refusal:
@@ -145,18 +152,24 @@ class ClawConnection:
                     reported_refusal = True
                 self._stop.wait(REFUSED_RETRY)
                 continue
+            except NoBanner as exc:
+                # Booting, or a stale sshd still owns the port: hang up briefly
+                # so the guest notices, then greet the fresh sshd.
+                self._set(ChannelState.CONNECTING, None, exc.what)
+                self._stop.wait(HANG_UP_PAUSE)
+                continue
             except ClawdenError as exc:
                 self._set(ChannelState.CONNECTING, None, exc.what)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             if self._stop.is_set():
-                transport.close()
+                disconnect(transport)
                 break
             try:
                 self._registry.install(transport, ClawIdentity(self.claw))
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                transport.close()
+                disconnect(transport)
                 self._set(ChannelState.CONNECTING, None, f"port forwards refused: {exc}")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -167,7 +180,7 @@ class ClawConnection:
             log.info("channel to %s ready", self.claw)
             while transport.is_active() and not self._stop.wait(0.5):
                 pass
-            transport.close()
+            disconnect(transport)
             if not self._stop.is_set():
                 self._set(ChannelState.CONNECTING, None, "connection lost; reconnecting")
 

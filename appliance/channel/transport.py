@@ -46,12 +46,55 @@ def fingerprint(key: paramiko.PKey) -> str:
     return key.fingerprint  # "SHA256:..." (paramiko >= 3.2)
 
 
-def open_transport(target: ChannelTarget, timeout: float = 60.0) -> paramiko.Transport:
+class NoBanner(Unavailable):
+    """The guest's sshd did not greet us in time (booting, or a stale session)."""
+
+
+BANNER_WINDOW = 5.0
+
+
+class _Replay:
+    """A socket whose first reads replay bytes already read from it."""
+
+    def __init__(self, sock: socket.socket, head: bytes) -> None:
+        self._sock, self._head = sock, head
+
+    def recv(self, n: int) -> bytes:
+        if self._head:
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self._sock.recv(n)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+def _await_banner(sock: socket.socket, timeout: float) -> _Replay:
+    """Wait for the guest sshd's banner *before* sending anything.
+
+    virtio-serial can fold a quick host close-and-reopen into no event at all
+    for the guest, so bytes sent right away may feed the previous session's
+    dying sshd and be lost. A banner can only come from a fresh sshd; after it
+    the port is safe to write to. Anything before it is an old session's tail.
+    """
+    sock.settimeout(timeout)
+    buf = b""
+    while True:
+        start = buf.find(b"SSH-")
+        if start >= 0 and (start == 0 or buf[start - 1 : start] == b"\n") and b"\n" in buf[start:]:
+            return _Replay(sock, buf[start:])
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise EOFError("control socket closed before the guest's banner")
+        buf = buf[-4096:] + chunk
+
+
+def open_transport(target: ChannelTarget, timeout: float = BANNER_WINDOW) -> paramiko.Transport:
     """Connect, check the pinned host key, authenticate; return a live transport.
 
-    ``timeout`` bounds the wait for the guest's banner: right after a VM starts
-    the host can connect long before sshd runs, and the bytes simply wait in
-    the channel until the guest opens its end.
+    ``timeout`` bounds the wait for the guest's greeting; on expiry the caller
+    should hang up for a moment (so the guest sees the disconnect and starts a
+    fresh sshd) and try again — ``ClawConnection`` does exactly that.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -64,13 +107,20 @@ def open_transport(target: ChannelTarget, timeout: float = 60.0) -> paramiko.Tra
             f"is not accepting connections ({exc.strerror or exc})",
             f"check the claw is running: `clawden claw status {target.claw}`",
         ) from None
-    sock.settimeout(None)
-    transport = paramiko.Transport(sock)
-    transport.banner_timeout = timeout
-    transport.handshake_timeout = timeout
+    try:
+        replay = _await_banner(sock, timeout)
+    except (OSError, EOFError):
+        sock.close()
+        raise NoBanner(
+            f"claw {target.claw!r} did not greet within {timeout:.0f} s",
+            f"it may still be booting; see `clawden claw console {target.claw}`",
+        ) from None
+    transport = paramiko.Transport(replay)  # type: ignore[arg-type]
+    transport.banner_timeout = 30
+    transport.handshake_timeout = 30
     transport.auth_timeout = 30
     try:
-        transport.start_client(timeout=timeout)
+        transport.start_client(timeout=30)
         offered = transport.get_remote_server_key()
         pinned = load_public_key(target.pinned_host_key)
         if offered.get_name() != pinned.get_name() or offered.asbytes() != pinned.asbytes():
@@ -89,15 +139,31 @@ def open_transport(target: ChannelTarget, timeout: float = 60.0) -> paramiko.Tra
         transport.set_keepalive(10)
         return transport
     except HostKeyMismatch:
-        transport.close()
+        disconnect(transport)
         raise
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        transport.close()
+        disconnect(transport)
         raise Unavailable(
             f"SSH handshake with claw {target.claw!r} failed: {exc}",
             "the guest may still be booting; retry, or read "
             f"`clawden claw console {target.claw}`",
         ) from None
+
+
+def disconnect(transport: paramiko.Transport) -> None:
+    """Close with SSH_MSG_DISCONNECT first (paramiko's close() sends none), so
+    the guest's sshd exits at once and the next connection meets a fresh one."""
+    if transport.is_active():
+        msg = paramiko.Message()
+        msg.add_byte(paramiko.common.cMSG_DISCONNECT)
+        msg.add_int(11)  # SSH_DISCONNECT_BY_APPLICATION
+        msg.add_string("bye")
+        msg.add_string("")
+        try:
+            transport._send_user_message(msg)  # type: ignore[attr-defined]  # no public API
+        except (paramiko.SSHException, OSError, EOFError):
+            pass  # already gone: closing is all that is left
+    transport.close()
 
 
 def run_command(
