@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from appliance import __version__, commands
 from appliance.errors import ClawdenError
+from appliance.textsafe import printable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands.dispatch(args)
     except ClawdenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Messages may quote guest-controlled bytes (an SSH banner, a name).
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 
 from appliance.app import build_context, service_registry
 from appliance.config import Settings
@@ -22,7 +22,6 @@ from appliance.errors import ClawdenError, InvalidInput, Unavailable
 from appliance.textsafe import printable
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "images"
-GUEST_DIR = Path(__file__).resolve().parent / "guest"
 
 
 def progress(line: str) -> None:
@@ -224,17 +223,16 @@ def claw_exec(args: argparse.Namespace) -> int:
     return code if 0 <= code < 256 else 255
 
 
-def _writer(stream: object) -> Callable[[bytes], None]:
+def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
     """Guest output is untrusted: raw bytes to a pipe, escaped on a terminal
     (so a claw cannot drive the operator's terminal with escape sequences)."""
-    raw = stream  # a BufferedWriter
-    is_tty = os.isatty(raw.fileno())  # type: ignore[attr-defined]
+    is_tty = stream.isatty()
 
     def write(data: bytes) -> None:
         if is_tty:
             data = printable(data.decode("utf-8", "replace")).encode()
-        raw.write(data)  # type: ignore[attr-defined]
-        raw.flush()  # type: ignore[attr-defined]
+        stream.write(data)
+        stream.flush()
 
     return write
 

@@ -71,8 +71,12 @@ class Settings:
         """Create the layout. Directories are traversable (0711) so QEMU, which
         runs as an unprivileged user under qemu:///system, can reach the disk
         files libvirt hands it, but cannot list what else is there."""
+        if not self.home.exists():
+            # Only a home we create gets our mode: CLAWDEN_HOME may point at
+            # an existing directory whose permissions are not ours to change.
+            self.home.mkdir(parents=True)
+            self.home.chmod(0o711)
         for path, mode in (
-            (self.home, 0o711),
             (self.images_dir, 0o711),
             (self.claws_dir, 0o711),
             (self.run_dir, 0o700),

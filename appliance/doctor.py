@@ -54,7 +54,9 @@ def _tools() -> list[Check]:
 
 
 def _disk(settings: Settings) -> Check:
-    probe = settings.home if settings.home.exists() else settings.home.parent
+    probe = settings.home
+    while not probe.exists():  # not created yet: where it will be created
+        probe = probe.parent
     free = shutil.disk_usage(probe).free / 2**30
     return Check(
         "disk space",

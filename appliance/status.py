@@ -49,7 +49,7 @@ def claw_status_lines(ctx: Context, name: str) -> Iterator[str]:
     yield f"data disk: {files.data} ({_allocated_mib(files.data)})"
     busy = ctx.ops.running_for(name)
     if busy is not None:
-        note = f" — last error: {busy.error}" if busy.error else ""
+        note = f" — last error: {printable(busy.error)}" if busy.error else ""
         yield f"operation: {busy.kind} #{busy.id} at step {busy.step}{note}"
     try:
         reply = rpc.call(ctx.settings.controller_socket, {"op": "status"}, timeout=5)
@@ -60,5 +60,5 @@ def claw_status_lines(ctx: Context, name: str) -> Iterator[str]:
     if channel is None:
         yield "channel:   not supervised (claw not running)"
     else:
-        err = f" ({channel['last_error']})" if channel.get("last_error") else ""
+        err = f" ({printable(channel['last_error'])})" if channel.get("last_error") else ""
         yield f"channel:   {channel['state']}, connected {channel['connects']} time(s){err}"

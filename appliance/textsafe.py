@@ -1,23 +1,28 @@
 """Showing untrusted text (guest output, member names, console logs) safely.
 
 Anything that came from a claw may contain terminal escape sequences meant to
-rewrite the operator's screen or hide output. Control characters are shown as
-visible escapes instead; newlines and tabs are kept.
+rewrite the operator's screen or hide output, or Unicode format characters
+(bidi overrides) that make text read differently from what it is. Those are
+shown as visible escapes instead; newlines and tabs are kept.
 """
 
 from __future__ import annotations
 
+import unicodedata
+
 _KEEP = {"\n", "\t"}
+# Cc: C0/C1 controls (ESC, CSI, BEL, CR...); Cf: format (bidi overrides,
+# zero-width); Zl/Zp: line/paragraph separators; Cs: lone surrogates.
+_ESCAPED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 
 
 def printable(text: str) -> str:
     out = []
     for ch in text:
-        code = ord(ch)
-        if ch in _KEEP or (code >= 0x20 and code != 0x7F and not 0x80 <= code < 0xA0):
+        if ch in _KEEP or unicodedata.category(ch) not in _ESCAPED_CATEGORIES:
             out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
         else:
-            out.append(f"\\u{code:04x}")
+            out.append(f"\\u{ord(ch):04x}")
     return "".join(out)

@@ -15,7 +15,6 @@ Prints one JSON object. Importable: ``boot_plain_qemu(...) -> float``.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,15 @@ from pathlib import Path
 
 import paramiko
 
+from appliance.channel.manager import HANG_UP_PAUSE
+from appliance.channel.transport import (
+    ChannelTarget,
+    disconnect,
+    open_transport,
+    run_command,
+)
 from appliance.config import Settings
-from appliance.errors import IntegrityError
+from appliance.errors import Unavailable
 from appliance.image.manifest import GoldenImage, latest_image, load_image
 from appliance.provisioning import disks, keys
 
@@ -40,7 +46,6 @@ CHANNEL = "org.clawden.control"
 class BootResult:
     boot_to_ssh_s: float = 0.0
     reconnect_s: float = 0.0
-    reconnect_attempts: int = 0
     ip_link: str = ""
     checks: dict[str, str] = field(default_factory=dict)
 
@@ -48,112 +53,26 @@ class BootResult:
 def connect(
     sock_path: Path, host_public: str, client: paramiko.PKey, timeout: float
 ) -> paramiko.Transport:
-    """SSH over the unix socket: handshake, pin the host key, authenticate as claw.
-    On any failure the socket is closed: the guest must see the host hang up."""
-    sock = _open_socket(sock_path, deadline=time.monotonic() + 10)
-    try:
-        # The guest may still be booting: its sshd answers only once it is up,
-        # so the banner and handshake waits cover the whole boot.
-        transport = paramiko.Transport(_await_banner(sock, timeout))  # type: ignore[arg-type]
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        transport.banner_timeout = timeout
-        transport.handshake_timeout = timeout
-        transport.start_client(timeout=timeout)
-        served = keys.public_line_of(transport.get_remote_server_key())
-        if not keys.same_public_key(served, host_public):
-            raise IntegrityError("guest host key does not match the minted one", "re-provision")
-        transport.auth_publickey("claw", client)
-        if not transport.is_authenticated():
-            raise RuntimeError("authentication as claw failed")
-    except BaseException:
-        transport.close()
-        raise
-    return transport
-
-
-class _Replay:
-    """A socket whose first reads replay bytes already read from it."""
-
-    def __init__(self, sock: socket.socket, head: bytes) -> None:
-        self._sock, self._head = sock, head
-
-    def recv(self, n: int) -> bytes:
-        if self._head:
-            out, self._head = self._head[:n], self._head[n:]
-            return out
-        return self._sock.recv(n)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._sock, name)
-
-
-def _await_banner(sock: socket.socket, timeout: float) -> _Replay:
-    """Wait for the guest sshd's banner *before* sending anything.
-
-    Bytes sent while the previous session's socat is still reading the port
-    would feed the dying sshd and be lost to the next one; a banner can only
-    come from a fresh sshd, so after it the port is safe to write to. Anything
-    before the banner (left over from an old session) is dropped.
-    """
-    sock.settimeout(timeout)
-    buf = b""
+    """The product's own channel code: wait for the banner, pin, authenticate.
+    While the guest boots no banner comes; hang up briefly and try again, as
+    the controller's ClawConnection does."""
+    target = ChannelTarget("bench", sock_path, host_public, client)
+    deadline = time.monotonic() + timeout
     while True:
-        start = buf.find(b"SSH-")
-        if start >= 0 and (start == 0 or buf[start - 1 : start] == b"\n") and b"\n" in buf[start:]:
-            return _Replay(sock, buf[start:])
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise EOFError("control socket closed before the guest's banner")
-        buf = buf[-4096:] + chunk
-
-
-def disconnect(transport: paramiko.Transport) -> None:
-    """Close with an SSH_MSG_DISCONNECT first (paramiko's close() sends none),
-    so the guest's sshd exits at once instead of waiting to notice the port
-    closing; virtio-serial can fold a quick close+reopen into no event at all."""
-    if transport.is_active():
-        msg = paramiko.Message()
-        msg.add_byte(paramiko.common.cMSG_DISCONNECT)
-        msg.add_int(11)  # SSH_DISCONNECT_BY_APPLICATION
-        msg.add_string("bye")
-        msg.add_string("")
-        transport._send_user_message(msg)  # type: ignore[attr-defined]  # no public API
-    transport.close()
-
-
-def reconnect(
-    sock_path: Path, host_public: str, client: paramiko.PKey, attempts: int = 5
-) -> tuple[paramiko.Transport, int]:
-    """Connect again after a disconnect.
-
-    If the guest never saw the previous connection close (a close quickly
-    followed by a reopen can reach it as no event at all), the old sshd still
-    owns the port and no banner comes. Then hang up and *stay* disconnected
-    for a second, long enough for the guest to see it, end that sshd and
-    start a fresh one; then try again.
-    """
-    for attempt in range(1, attempts + 1):
         try:
-            return connect(sock_path, host_public, client, timeout=5), attempt
-        except (paramiko.SSHException, EOFError, OSError):
-            if attempt == attempts:
+            return open_transport(target)
+        except Unavailable:
+            if time.monotonic() > deadline:
                 raise
-            time.sleep(1.0)
-    raise AssertionError("unreachable")
+            time.sleep(HANG_UP_PAUSE)
 
 
 def run(transport: paramiko.Transport, command: str) -> str:
-    chan = transport.open_session()
-    chan.exec_command(command)
-    out = chan.makefile("rb").read().decode()
-    status = chan.recv_exit_status()
-    chan.close()
+    out: list[bytes] = []
+    status = run_command(transport, command, out.append, lambda _: None, timeout=60)
     if status != 0:
         raise RuntimeError(f"{command!r} exited {status}")
-    return out.strip()
+    return b"".join(out).decode().strip()
 
 
 def _allowed(action: Callable[[], object]) -> str:
@@ -216,20 +135,6 @@ def _qemu(image: GoldenImage, work: Path, memory_mib: int) -> Iterator[subproces
             proc.wait()
 
 
-def _open_socket(path: Path, deadline: float) -> socket.socket:
-    # QEMU binds the socket a moment before it listens on it.
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-            return sock
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
 def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -283,9 +188,8 @@ def boot_plain_qemu(
 
         # The host closing must end that sshd; the guest restarts the bridge.
         again = time.monotonic()
-        transport, tries = reconnect(sock_path, host_key.public_openssh, client)
+        transport = connect(sock_path, host_key.public_openssh, client, timeout=60)
         result.reconnect_s = time.monotonic() - again
-        result.reconnect_attempts = tries
         result.checks["after_reconnect"] = run(transport, "echo ok")
         disconnect(transport)
     return result.boot_to_ssh_s
@@ -311,7 +215,6 @@ def main(argv: list[str]) -> int:
                 "accel": "tcg",
                 "boot_to_ssh_s": round(result.boot_to_ssh_s, 2),
                 "reconnect_s": round(result.reconnect_s, 2),
-                "reconnect_attempts": result.reconnect_attempts,
                 "ip_link": result.ip_link,
                 "only_loopback": only_lo,
                 "checks": result.checks,

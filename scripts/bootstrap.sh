@@ -23,6 +23,12 @@ STAMP="$VENV/.clawden-bootstrap.sha256"
 # libvirt-python from PyPI; python3-apt: Ansible's apt module runs under
 # /usr/bin/python3 and needs it.
 PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev python3-apt)
+# --with-test-tools: what only the tests need — a real sshd (the channel's unit
+# tests bridge it to a unix socket, as the guest does) and ssh-keygen (key
+# format cross-checks). Not for appliances: they must not run an sshd.
+if [[ ${1:-} == --with-test-tools ]]; then
+    PACKAGES+=(openssh-server openssh-client socat)
+fi
 
 export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1

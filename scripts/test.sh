@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit
 step() { printf '\n== %s\n' "$*"; }
 
 step "bootstrap (Debian packages, .venv)"
-bash scripts/bootstrap.sh || exit
+bash scripts/bootstrap.sh --with-test-tools || exit
 step "host provisioning"
 .venv/bin/clawden host provision || exit
 

@@ -66,36 +66,33 @@ class ServiceRegistry:
     def install(self, transport: paramiko.Transport, claw: ClawIdentity) -> None:
         """Ask the guest to listen for every registered service on this transport.
 
-        The identity is bound here, per transport, so a connection can only ever
-        be attributed to the claw whose channel carried it.
+        paramiko keeps a single forwarded-connection handler per transport, so
+        one router serves all ports and picks the service by the port the guest
+        connected to. The identity is bound here, per transport, so a
+        connection can only ever be attributed to the claw whose channel
+        carried it.
         """
-        for service in self._services.values():
-            transport.request_port_forward(
-                GUEST_LOOPBACK, service.guest_port, handler=_dispatcher(service, claw)
-            )
+        services = dict(self._services)
 
+        def route(
+            chan: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]
+        ) -> None:
+            service = services.get(server[1])
+            if service is None or server[0] != GUEST_LOOPBACK:
+                log.warning("claw %s: forwarded connection to unknown %s", claw.name, server)
+                chan.close()
+                return
+            # paramiko calls this on its transport thread: hand off at once so
+            # one slow request never stalls the claw's whole channel.
+            threading.Thread(
+                target=_serve_one,
+                args=(service, claw, chan),
+                name=f"{service.name}:{claw.name}",
+                daemon=True,
+            ).start()
 
-def _dispatcher(service: ForwardedService, claw: ClawIdentity) -> _Handler:
-    def on_connection(
-        chan: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]
-    ) -> None:
-        # paramiko calls this on its transport thread: hand off at once so one
-        # slow request never stalls the claw's whole channel.
-        thread = threading.Thread(
-            target=_serve_one,
-            args=(service, claw, chan),
-            name=f"{service.name}:{claw.name}",
-            daemon=True,
-        )
-        thread.start()
-
-    return on_connection
-
-
-class _Handler(Protocol):
-    def __call__(
-        self, chan: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]
-    ) -> None: ...
+        for port in sorted(services):
+            transport.request_port_forward(GUEST_LOOPBACK, port, handler=route)
 
 
 def _serve_one(service: ForwardedService, claw: ClawIdentity, chan: paramiko.Channel) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from appliance.channel.manager import ChannelManager
+from appliance.channel.manager import ChannelManager, ClawConnection
 from appliance.channel.services import ServiceRegistry
 from appliance.channel.transport import run_command
 from appliance.controller.context import Context
@@ -46,6 +46,7 @@ class Controller:
         self._ctx = context_factory()
         self._say = say
         self._stop = threading.Event()
+        self._sync_lock = threading.Lock()
         self.channels = ChannelManager(registry, self._target_for, self._audit_event)
         self._rpc = RpcServer(
             self._ctx.settings.controller_socket,
@@ -93,6 +94,12 @@ class Controller:
         self._sync_channels()
 
     def _sync_channels(self) -> None:
+        # Serialised: an RPC thread and the main loop must not compute
+        # "wanted" at different moments and undo each other's work.
+        with self._sync_lock:
+            self._sync_channels_locked()
+
+    def _sync_channels_locked(self) -> None:
         try:
             wanted = {
                 c.name
@@ -149,19 +156,30 @@ class Controller:
             )
         return conn
 
-    def _wait_ready(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
-        claw = str(request["claw"])
-        timeout = float(request.get("timeout", 300))
-        deadline = time.monotonic() + timeout
-        conn = None
-        while conn is None:
+    def _ready_connection(self, claw: str, wait: float) -> tuple[ClawConnection | None, bool]:
+        """The claw's *current* connection once ready, waiting up to ``wait`` s.
+
+        Waits in short slices and looks the connection up again each time: a
+        sync may replace it meanwhile (claw restarted, channel dropped), and
+        waiting on a stopped one would never end.
+        """
+        deadline = time.monotonic() + wait
+        while True:
             try:
                 conn = self._connection(claw)
             except NotFound:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        ready = conn.wait_ready(max(0.0, deadline - time.monotonic()))
+                conn = None
+            left = deadline - time.monotonic()
+            if conn is not None and conn.wait_ready(max(0.0, min(1.0, left))):
+                return conn, True
+            if time.monotonic() >= deadline:
+                return conn, False
+
+    def _wait_ready(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
+        claw = str(request["claw"])
+        conn, ready = self._ready_connection(claw, float(request.get("timeout", 300)))
+        if conn is None:
+            return {"ready": False, "state": "not running", "last_error": None}
         st = conn.status()
         return {"ready": ready, "state": st.state.value, "last_error": st.last_error}
 
@@ -169,9 +187,9 @@ class Controller:
         claw = str(request["claw"])
         argv = [str(a) for a in request["argv"]]
         timeout = request.get("timeout")
-        conn = self._connection(claw)
-        if not conn.wait_ready(float(request.get("wait", 0))):
-            conn.transport()  # raises the informative Unavailable
+        conn, _ = self._ready_connection(claw, float(request.get("wait", 0)))
+        if conn is None:
+            conn = self._connection(claw)  # raises the informative NotFound
         code = run_command(
             conn.transport(),
             shlex.join(argv),

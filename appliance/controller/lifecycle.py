@@ -72,30 +72,24 @@ class Lifecycle:
         self.run(op, progress)
 
     def start(self, name: str, progress: Progress = silent) -> None:
-        ctx = self.ctx
-        claw = ctx.claws.require(name)
-        if claw.state not in (ClawState.STOPPED, ClawState.RUNNING):
-            raise Conflict(
-                f"claw {name!r} is {claw.state.value}, it cannot be started",
-                "run `clawden reconcile` to finish or clean up its last operation",
-            )
-        ctx.hypervisor.ping()
-        self._refuse_if_busy(name)
-        op = ctx.ops.start("start", name, {}, first_step=START_STEPS[0])
-        self.run(op, progress)
+        self._start_simple("start", START_STEPS, name, progress)
 
     def stop(self, name: str, progress: Progress = silent) -> None:
+        self._start_simple("stop", STOP_STEPS, name, progress)
+
+    def _start_simple(
+        self, kind: str, steps: tuple[str, ...], name: str, progress: Progress
+    ) -> None:
         ctx = self.ctx
         claw = ctx.claws.require(name)
         if claw.state not in (ClawState.STOPPED, ClawState.RUNNING):
             raise Conflict(
-                f"claw {name!r} is {claw.state.value}, it cannot be stopped",
+                f"claw {name!r} is {claw.state.value}: it cannot {kind} now",
                 "run `clawden reconcile` to finish or clean up its last operation",
             )
         ctx.hypervisor.ping()
         self._refuse_if_busy(name)
-        op = ctx.ops.start("stop", name, {}, first_step=STOP_STEPS[0])
-        self.run(op, progress)
+        self.run(ctx.ops.start(kind, name, {}, first_step=steps[0]), progress)
 
     def verified_image(self, progress: Progress = silent) -> GoldenImage:
         image = latest_image(self.ctx.settings.images_dir)

@@ -141,7 +141,7 @@ class FakeHypervisor:
             if dom.state in (DomainState.RUNNING, DomainState.PAUSED):
                 raise Conflict(
                     f"domain {name!r} is still running",
-                    "stop the claw first (`clawden stop`), then retry",
+                    "stop the claw first (`clawden claw stop NAME`), then retry",
                 )
             del self.domains[name]
             self.pids.pop(name, None)

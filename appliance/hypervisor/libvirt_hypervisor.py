@@ -250,7 +250,7 @@ class LibvirtHypervisor:
                 # domain; make the caller stop it first instead.
                 raise Conflict(
                     f"domain {name!r} is still running",
-                    "stop the claw first (`clawden stop`), then retry",
+                    "stop the claw first (`clawden claw stop NAME`), then retry",
                 )
             dom.undefineFlags(_UNDEFINE_FLAGS)
 

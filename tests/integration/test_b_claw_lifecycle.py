@@ -25,11 +25,15 @@ def _virsh_domains() -> list[str]:
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The failure is one line, last, saying what and what to do (progress
+    lines starting with '·' may precede it)."""
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and " — " in lines[0], lines[0]
-    return lines[0]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert all(line.startswith(("·", "error: ")) for line in lines), proc.stderr
+    assert " — " in errors[0], errors[0]
+    return errors[0]
 
 
 def test_data_survives_stop_and_start(clawden_env: Env, two_claws: tuple[str, str]) -> None:

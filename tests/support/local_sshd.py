@@ -17,21 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from appliance.provisioning import keys
 
 
 def mint_ed25519() -> tuple[str, str]:
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode()
-    return private, public
+    """(private, public) OpenSSH texts, minted the way provisioning mints them."""
+    pair = keys.mint_ed25519()
+    return pair.private_openssh, pair.public_openssh
 
 
 @dataclass

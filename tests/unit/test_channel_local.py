@@ -93,3 +93,21 @@ def test_forwarded_connection_carries_the_claw_identity(sshd: LocalSshd) -> None
         info.value.close()
     finally:
         transport.close()
+
+
+def test_each_forwarded_port_reaches_its_own_service(sshd: LocalSshd) -> None:
+    from appliance.channel.http import HttpResponse, HttpService
+
+    ports = [_free_port(), _free_port()]
+    services = [
+        HttpService(f"svc{i}", port, {("GET", "/"): lambda c, r, i=i: HttpResponse(200, b"svc%d" % i)})
+        for i, port in enumerate(ports)
+    ]
+    transport = open_transport(_target(sshd, claw="carol"), timeout=10)
+    try:
+        ServiceRegistry(services).install(transport, ClawIdentity("carol"))
+        for i, port in enumerate(ports):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+                assert resp.read() == b"svc%d" % i
+    finally:
+        transport.close()

@@ -1,0 +1,144 @@
+"""create→ready and start→ready of a claw, against plain QEMU booting the
+same kernel and image to SSH, interleaved so machine drift hits both.
+
+"Ready" is what a claw needs to work: the controller's channel is
+authenticated *and* the host API answers ``whoami`` inside the guest through
+the forwarded port. Each claw figure is the wall time from issuing
+``clawden claw create`` (or ``start``) until ``clawden claw exec NAME --
+python3 ... urlopen(http://127.0.0.1:7701/v1/whoami)`` has returned the
+claw's own name.
+
+Each round runs: baseline (plain QEMU), create→ready, stop, start→ready,
+destroy. Ratios are claw / baseline, per round and of the medians.
+
+    .venv/bin/python -m bench.boot_ready [--runs 3]    # prints one JSON object
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import (
+    Home,
+    bench_home,
+    controller,
+    ensure_image,
+    machine,
+    say,
+    summary,
+    with_retries,
+)
+from bench.plain_qemu_boot import BootResult, boot_plain_qemu
+
+TARGET_RATIO = 1.3
+MEMBER = "Bench"
+# Runs in the guest as the claw user; the answer must carry the claw's name
+# as the host knows it (taken from the channel), proving the forward works.
+WHOAMI = (
+    "import json, urllib.request; "
+    "print(json.load(urllib.request.urlopen('http://127.0.0.1:7701/v1/whoami', timeout=60))"
+    "['claw'])"
+)
+
+
+def _whoami(home: Home, name: str) -> float:
+    started = time.monotonic()
+    out = home.clawden("claw", "exec", name, "--", "python3", "-c", WHOAMI, timeout=300)
+    if out.stdout.strip() != name:
+        raise RuntimeError(f"whoami in {name} answered {out.stdout!r}, expected {name!r}")
+    return time.monotonic() - started
+
+
+def _baseline(home: Home) -> float:
+    from appliance.config import Settings
+    from appliance.image.manifest import latest_image
+
+    image = latest_image(Settings.from_env(home.env).images_dir)
+    assert image is not None
+    # Plain QEMU runs as root here; its scratch files need no QEMU-user access.
+    with tempfile.TemporaryDirectory(prefix="plain-", dir=home.path) as tmp:
+        return boot_plain_qemu(image, Path(tmp), result=BootResult())
+
+
+def _to_ready(home: Home, action: list[str], name: str) -> dict[str, float]:
+    """Seconds from issuing ``action`` to the whoami answer, with the split."""
+    started = time.monotonic()
+    home.clawden(*action, "--timeout", "400", timeout=600)
+    command_s = time.monotonic() - started
+    whoami_s = _whoami(home, name)
+    return {
+        "total_s": time.monotonic() - started,
+        "command_s": command_s,
+        "whoami_s": whoami_s,
+    }
+
+
+def run(runs: int, home: Home) -> dict[str, Any]:
+    baseline: list[float] = []
+    create: list[dict[str, float]] = []
+    start: list[dict[str, float]] = []
+    stop: list[float] = []
+    destroy: list[float] = []
+    for i in range(1, runs + 1):
+        name = f"bench-boot-{i}"
+        say(f"round {i}/{runs}: plain QEMU baseline")
+        baseline.append(_baseline(home))
+        say(f"round {i}/{runs}: baseline {baseline[-1]:.1f} s; create {name}")
+        create.append(_to_ready(home, ["claw", "create", name, "--member", MEMBER], name))
+        say(f"round {i}/{runs}: create→ready {create[-1]['total_s']:.1f} s; stop")
+        stop.append(home.timed("claw", "stop", name, timeout=300))
+        start.append(_to_ready(home, ["claw", "start", name], name))
+        say(f"round {i}/{runs}: start→ready {start[-1]['total_s']:.1f} s; destroy")
+        destroy.append(home.timed("claw", "destroy", name, "--yes", timeout=300))
+
+    def ratios(claw: list[dict[str, float]]) -> dict[str, Any]:
+        totals = [c["total_s"] for c in claw]
+        per_pair = [t / b for t, b in zip(totals, baseline, strict=True)]
+        of_medians = summary(totals)["median"] / summary(baseline)["median"]
+        return {
+            "seconds": summary(totals),
+            "command_s": summary([c["command_s"] for c in claw]),
+            "whoami_exec_s": summary([c["whoami_s"] for c in claw]),
+            "ratio_of_medians": round(of_medians, 2),
+            "per_pair_ratios": [round(r, 2) for r in per_pair],
+            "target_ratio": TARGET_RATIO,
+            "target_met": of_medians <= TARGET_RATIO,
+        }
+
+    return {
+        "runs": runs,
+        "order": "per round: baseline, create→ready, stop, start→ready, destroy",
+        "baseline_plain_qemu_to_ssh_s": summary(baseline),
+        "create_to_ready": ratios(create),
+        "start_to_ready": ratios(start),
+        "stop_s": summary(stop),
+        "destroy_s": summary(destroy),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="rounds of baseline+claw (default 3)")
+    args = p.parse_args(argv)
+    print(json.dumps(measure(args.runs), indent=2))
+    return 0
+
+
+def measure(runs: int) -> dict[str, Any]:
+    def body() -> dict[str, Any]:
+        with bench_home("bench-boot") as home:
+            prep = ensure_image(home)
+            with controller(home):
+                return {**prep, **run(runs, home)}
+
+    return {"machine": machine(), **with_retries("boot_ready", body)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Golden-image build time: cold (``clawden image build --force``) and cached
+(``clawden image build`` again with nothing changed).
+
+Builds into a scratch CLAWDEN_HOME with its own ``images/`` (never the shared
+cache other runs boot from: a forced rebuild there would swap the image under
+them). Cold builds download every package from the Debian mirror, so they
+include the network; cached builds only re-hash the artefacts.
+
+    .venv/bin/python -m bench.image_build [--cold 2] [--cached 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from bench._common import (
+    Disturbed,
+    Home,
+    bench_home,
+    busy_reason,
+    machine,
+    say,
+    summary,
+    with_retries,
+)
+
+
+def _timed_alone(home: Home, *args: str) -> float:
+    """Time one build; void if another run showed up meanwhile (both cores
+    are shared, and a build is CPU- and disk-bound)."""
+    seconds = home.timed(*args, timeout=1800)
+    reason = busy_reason()
+    if reason is not None:
+        raise Disturbed(reason)
+    return seconds
+
+
+def run(cold_runs: int, cached_runs: int) -> dict[str, Any]:
+    from appliance.config import Settings
+    from appliance.image.manifest import latest_image
+
+    with bench_home("bench-build", shared_images=False) as home:
+        cold: list[float] = []
+        for i in range(cold_runs):
+            say(f"cold build {i + 1}/{cold_runs}")
+            cold.append(_timed_alone(home, "image", "build", "--force"))
+            say(f"cold build {i + 1}/{cold_runs}: {cold[-1]:.1f} s")
+        cached: list[float] = []
+        for i in range(cached_runs):
+            cached.append(_timed_alone(home, "image", "build"))
+            say(f"cached build {i + 1}/{cached_runs}: {cached[-1]:.2f} s")
+        image = latest_image(Settings.from_env(home.env).images_dir)
+        assert image is not None
+        artefacts = image.manifest.get("artefacts", {})
+        sizes = {name: round(int(a["bytes"]) / 2**20, 1) for name, a in artefacts.items()}
+        return {
+            "image": image.version,
+            "cold_s": summary(cold),
+            "cached_s": summary(cached),
+            # The builder's own split of the last cold build (mmdebstrap is most of it).
+            "last_cold_builder_s": {
+                k: image.manifest.get(k) for k in ("bootstrap_seconds", "build_seconds")
+            },
+            "artefact_mib": sizes,
+            "packages": len(image.manifest.get("packages", [])),
+        }
+
+
+def measure(cold_runs: int = 2, cached_runs: int = 3) -> dict[str, Any]:
+    return {"machine": machine(),
+            **with_retries("image_build", lambda: run(cold_runs, cached_runs))}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cold", type=int, default=2, help="forced (cold) builds (default 2)")
+    p.add_argument("--cached", type=int, default=3, help="cached builds (default 3)")
+    args = p.parse_args(argv)
+    print(json.dumps(measure(args.cold, args.cached), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

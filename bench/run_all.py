@@ -1,0 +1,70 @@
+"""Run every benchmark one after the other and write one JSON results file.
+
+    .venv/bin/python -m bench.run_all [--runs 3] [--cold 2] [--cached 3] [--idle 30]
+                                      [--only boot,memory,build]
+
+Writes ``bench/results/<UTC time>.json`` (gitignored) and prints its path.
+Each part waits for the machine to be quiet (no pytest) before it starts, and
+a part that fails is recorded with its error so the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import boot_ready, image_build, memory
+from bench._common import machine, say
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="boot_ready rounds (default 3)")
+    p.add_argument("--cold", type=int, default=2, help="cold image builds (default 2)")
+    p.add_argument("--cached", type=int, default=3, help="cached image builds (default 3)")
+    p.add_argument("--idle", type=float, default=30.0, help="memory: idle seconds (default 30)")
+    p.add_argument("--only", default="boot,memory,build", help="comma-separated parts to run")
+    args = p.parse_args(argv)
+
+    parts: dict[str, Callable[[], dict[str, Any]]] = {
+        "boot": lambda: boot_ready.measure(args.runs),
+        "memory": lambda: memory.measure(args.idle),
+        # Last: a cold build saturates both cores and the network.
+        "build": lambda: image_build.measure(args.cold, args.cached),
+    }
+    wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(wanted) - set(parts)
+    if unknown:
+        p.error(f"unknown parts: {', '.join(sorted(unknown))}")
+
+    started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    results: dict[str, Any] = {"started_utc": started, "machine": machine()}
+    failed = False
+    out = RESULTS / f"{started}.json"
+    for name in (n for n in parts if n in wanted):
+        say(f"== {name}")
+        t0 = time.monotonic()
+        try:
+            results[name] = parts[name]()
+        except Exception as exc:  # noqa: BLE001 — keep the other parts' figures
+            failed = True
+            results[name] = {"error": f"{type(exc).__name__}: {exc}",
+                             "traceback": traceback.format_exc()}  # fmt: skip
+        results[name]["wall_s"] = round(time.monotonic() - t0, 1)
+        # Written after every part so an interrupted run keeps what it measured.
+        RESULTS.mkdir(exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    print(out)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

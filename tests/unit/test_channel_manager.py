@@ -1,0 +1,81 @@
+"""ClawConnection supervision against a real sshd (socat-bridged, no VM)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from appliance.channel.manager import ChannelManager, ChannelState
+from appliance.channel.services import ServiceRegistry
+from appliance.channel.transport import ChannelTarget
+from tests.support.local_sshd import LocalSshd, local_sshd, mint_ed25519, sshd_available
+
+pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs openssh-server and socat")
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[LocalSshd]:
+    with local_sshd(tmp_path / "sshd") as server:
+        yield server
+
+
+def _manager(
+    server: LocalSshd, events: list[tuple[str, str]], pinned: str | None = None
+) -> ChannelManager:
+    def target(claw: str) -> ChannelTarget:
+        return ChannelTarget(
+            claw,
+            server.socket_path,
+            pinned or server.host_public,
+            paramiko.Ed25519Key.from_private_key(io.StringIO(server.client_private)),
+            user=server.user,
+        )
+
+    return ChannelManager(
+        ServiceRegistry(), target, lambda action, claw, details: events.append((action, claw))
+    )
+
+
+def test_connects_and_reconnects_after_the_transport_drops(sshd: LocalSshd) -> None:
+    events: list[tuple[str, str]] = []
+    manager = _manager(sshd, events)
+    try:
+        conn = manager.ensure("alice")
+        assert conn.wait_ready(20)
+        first = conn.transport()
+        first.close()  # the guest went away under us
+        assert _eventually(lambda: conn.status().connects >= 2 and conn.wait_ready(1))
+        assert conn.transport() is not first
+        assert events == []
+    finally:
+        manager.close()
+    assert manager.claws() == []
+
+
+def test_a_wrong_host_key_is_refused_once_audited_and_not_hammered(sshd: LocalSshd) -> None:
+    events: list[tuple[str, str]] = []
+    _, impostor = mint_ed25519()
+    manager = _manager(sshd, events, pinned=impostor)
+    try:
+        conn = manager.ensure("mallory")
+        assert _eventually(lambda: conn.status().state is ChannelState.REFUSED)
+        assert not conn.wait_ready(0.5)
+        assert events == [("channel.hostkey_mismatch", "mallory")]
+        assert "pinned" in (conn.status().last_error or "")
+    finally:
+        manager.close()
+
+
+def _eventually(check: object, timeout: float = 20.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False

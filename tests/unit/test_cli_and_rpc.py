@@ -1,0 +1,120 @@
+"""CLI error shape, the controller's local API, and escaping of untrusted text."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.cli import main
+from appliance.controller import rpc
+from appliance.errors import ClawdenError, NotFound, Unavailable
+from appliance.textsafe import printable
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CLAWDEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CLAWDEN_LIBVIRT_URI", "test:///default")
+    return tmp_path / "home"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected", "code"),
+    [
+        (["claw", "create", "Bad_Name", "--member", "X"], "invalid claw name 'Bad_Name'", 2),
+        (["claw", "create", "ok", "--member", "X", "--cpus", "99"], "invalid --cpus 99", 2),
+        (["claw", "status", "nobody"], "no claw named 'nobody'", 2),
+        (["claw", "exec", "ok"], "no command given", 2),
+        (["audit", "list", "--limit", "5"], None, 0),
+    ],
+)
+def test_cli_errors_are_one_actionable_line(
+    home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str | None, code: int
+) -> None:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    if expected is None:
+        assert err == ""
+        return
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ") and expected in lines[0] and " — " in lines[0]
+
+
+def test_exec_without_controller_says_how_to_start_it(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["claw", "exec", "alice", "--", "true"]) == Unavailable.exit_code
+    assert "clawden serve" in capsys.readouterr().err
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "c.sock"
+
+    def echo(req: dict[str, Any], send: Callable[[rpc.Reply], None]) -> rpc.Reply:
+        for chunk in req["chunks"]:
+            send({"stdout": rpc.encode_chunk(chunk.encode())})
+        return {"exit": 3}
+
+    def fail(req: dict[str, Any], send: Callable[[rpc.Reply], None]) -> rpc.Reply:
+        raise NotFound("no claw named 'x'", "see `clawden claw list`")
+
+    def crash(req: dict[str, Any], send: Callable[[rpc.Reply], None]) -> rpc.Reply:
+        raise RuntimeError("secret-ish internals")
+
+    srv = rpc.RpcServer(path, {"echo": echo, "fail": fail, "crash": crash, "ping": lambda r, s: {}})
+    srv.start()
+    yield path
+    srv.close()
+
+
+def test_rpc_streams_replies_then_the_result(server: Path) -> None:
+    replies = list(rpc.stream(server, {"op": "echo", "chunks": ["a", "b\x00"]}))
+    data = b"".join(rpc.decode_chunk(r["stdout"]) for r in replies if "stdout" in r)
+    assert data == b"ab\x00"
+    assert replies[-1] == {"exit": 3, "done": True}
+
+
+def test_rpc_errors_keep_their_type_and_fix(server: Path) -> None:
+    with pytest.raises(NotFound) as info:
+        rpc.call(server, {"op": "fail"})
+    assert info.value.fix == "see `clawden claw list`"
+    with pytest.raises(ClawdenError, match="controller failed: RuntimeError") as crashed:
+        rpc.call(server, {"op": "crash"})
+    assert "secret-ish" not in str(crashed.value)
+    with pytest.raises(ClawdenError, match="unknown request"):
+        rpc.call(server, {"op": "nope"})
+
+
+def test_socket_is_private_and_a_second_controller_is_refused(server: Path) -> None:
+    assert server.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ClawdenError, match="already running"):
+        rpc.RpcServer(server, {})
+
+
+def test_rpc_serves_concurrent_clients(server: Path) -> None:
+    results: list[rpc.Reply] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(rpc.call(server, {"op": "echo", "chunks": []})))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [{"exit": 3, "done": True}] * 8
+
+
+def test_printable_defuses_terminal_escapes() -> None:
+    hostile = "ok\x1b]0;pwned\x07\x1b[2J\r\x9bdone\n\ttab"
+    shown = printable(hostile)
+    assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown
+    assert "\x9b" not in shown
+    assert shown.endswith("done\n\ttab")
+    assert "\\x1b]0;pwned" in shown
+    assert printable("Zoë — ünïcode") == "Zoë — ünïcode"
