@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
         dest="audit_command", metavar="ACTION", required=True
     )
     audit.add_parser("verify", help="check the chain: any edited, deleted or reordered row")
+    reseal = audit.add_parser(
+        "reseal", help="accept the log as it is now, after investigating a failed verify"
+    )
+    reseal.add_argument("--reason", required=True, help="why (recorded in the log)")
     show = audit.add_parser("list", help="show recent entries")
     show.add_argument("--limit", type=int, default=50)
     return p
@@ -102,4 +106,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-

@@ -45,8 +45,10 @@ def host_provision(args: argparse.Namespace) -> int:
     from appliance.host_provision import provision_host
 
     result = provision_host(progress, check=args.check)
-    print(f"host provisioned: {result.changed} changed, {result.failed} failed "
-          f"in {result.duration_s:.0f} s")
+    print(
+        f"host provisioned: {result.changed} changed, {result.failed} failed "
+        f"in {result.duration_s:.0f} s"
+    )
     return 0 if result.ok else 1
 
 
@@ -259,6 +261,8 @@ def audit_verify(args: argparse.Namespace) -> int:
     result = build_context().audit.verify()
     if result.ok:
         print(f"audit log intact: {result.count} entries, chain verified")
+        if result.head_hash:
+            print(f"head hash: {result.head_hash} (note it elsewhere to detect a rewrite)")
         return 0
     for problem in result.problems:
         print(f"TAMPERED: {problem}")
@@ -266,11 +270,19 @@ def audit_verify(args: argparse.Namespace) -> int:
     return 5
 
 
+def audit_reseal(args: argparse.Namespace) -> int:
+    entry = build_context().audit.reseal("cli", args.reason)
+    print(f"audit log resealed at entry {entry.seq}; `clawden audit verify` starts from here")
+    return 0
+
+
 def audit_list(args: argparse.Namespace) -> int:
     entries = build_context().audit.entries()
     for e in entries[-args.limit :]:
-        print(f"{e.seq:>6} {e.ts} {e.actor:<10} {e.action:<28} {printable(e.target)} "
-              f"{printable(str(e.details) if e.details else '')}")
+        print(
+            f"{e.seq:>6} {e.ts} {e.actor:<10} {e.action:<28} {printable(e.target)} "
+            f"{printable(str(e.details) if e.details else '')}"
+        )
     return 0
 
 
@@ -292,4 +304,5 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("claw", "console"): claw_console,
     ("audit", "verify"): audit_verify,
     ("audit", "list"): audit_list,
+    ("audit", "reseal"): audit_reseal,
 }

@@ -74,9 +74,7 @@ class ServiceRegistry:
         """
         services = dict(self._services)
 
-        def route(
-            chan: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]
-        ) -> None:
+        def route(chan: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]) -> None:
             service = services.get(server[1])
             if service is None or server[0] != GUEST_LOOPBACK:
                 log.warning("claw %s: forwarded connection to unknown %s", claw.name, server)

@@ -132,9 +132,7 @@ def open_transport(target: ChannelTarget, timeout: float = BANNER_WINDOW) -> par
             )
         transport.auth_publickey(target.user, target.client_key)
         if not transport.is_authenticated():
-            raise Unavailable(
-                f"claw {target.claw!r} refused the host's key", "re-create the claw"
-            )
+            raise Unavailable(f"claw {target.claw!r} refused the host's key", "re-create the claw")
         # Keepalives make a dead guest visible within seconds instead of never.
         transport.set_keepalive(10)
         return transport
@@ -145,8 +143,7 @@ def open_transport(target: ChannelTarget, timeout: float = BANNER_WINDOW) -> par
         disconnect(transport)
         raise Unavailable(
             f"SSH handshake with claw {target.claw!r} failed: {exc}",
-            "the guest may still be booting; retry, or read "
-            f"`clawden claw console {target.claw}`",
+            f"the guest may still be booting; retry, or read `clawden claw console {target.claw}`",
         ) from None
 
 
@@ -164,6 +161,9 @@ def disconnect(transport: paramiko.Transport) -> None:
         except (paramiko.SSHException, OSError, EOFError):
             pass  # already gone: closing is all that is left
     transport.close()
+    # paramiko's close() is a no-op on a transport whose handshake never
+    # finished, which would leak the unix socket: close it ourselves.
+    transport.sock.close()
 
 
 def run_command(

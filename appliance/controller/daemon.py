@@ -21,7 +21,7 @@ from appliance.channel.services import ServiceRegistry
 from appliance.channel.transport import run_command
 from appliance.controller.context import Context
 from appliance.controller.guestfiles import channel_target
-from appliance.controller.reconcile import reconcile
+from appliance.controller.reconcile import RetryGate, reconcile
 from appliance.controller.rpc import Reply, RpcServer, encode_chunk
 from appliance.core.model import ClawState, domain_name
 from appliance.core.ports import DomainState
@@ -47,6 +47,7 @@ class Controller:
         self._say = say
         self._stop = threading.Event()
         self._sync_lock = threading.Lock()
+        self._gate = RetryGate()
         self.channels = ChannelManager(registry, self._target_for, self._audit_event)
         self._rpc = RpcServer(
             self._ctx.settings.controller_socket,
@@ -80,7 +81,7 @@ class Controller:
 
     def _reconcile(self, initial: bool) -> None:
         try:
-            report = reconcile(self._ctx, self._say if initial else log.info)
+            report = reconcile(self._ctx, self._say if initial else log.info, self._gate)
         except ClawdenError as exc:
             self._say(f"reconcile skipped: {exc}")
             return

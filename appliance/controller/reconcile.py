@@ -8,15 +8,19 @@ by the controller. Three passes, in this order:
    half-made claw;
 2. drift: a claw that should run but does not is started again (a crashed
    guest comes back); one that should be stopped but runs is shut down;
-3. orphans: ``clawden-*`` domains and claw directories that no claw and no
-   operation accounts for are removed.
+3. orphans: ``clawden-*`` domains that no claw and no operation accounts for
+   are removed; claw directories nobody accounts for are *moved aside* to
+   ``$CLAWDEN_HOME/orphans/`` — they may hold a data disk (say, after an older
+   database was restored), and only an explicit destroy deletes data.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from appliance.controller.context import Context, Progress, silent
 from appliance.controller.lifecycle import Lifecycle
@@ -38,12 +42,37 @@ class ReconcileReport:
         return bool(self.resumed or self.restarted or self.stopped or self.orphans_removed)
 
 
-def reconcile(ctx: Context, progress: Progress = silent) -> ReconcileReport:
+class RetryGate:
+    """Spaces out automatic restarts of a claw that keeps failing to start
+    (30 s, doubling, at most every 30 min), so a broken claw does not retry —
+    and write to the audit log — every reconcile pass."""
+
+    def __init__(
+        self, first: float = 30.0, cap: float = 1800.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._first, self._cap, self._clock = first, cap, clock
+        self._next: dict[str, tuple[float, float]] = {}  # claw -> (not before, delay)
+
+    def allowed(self, claw: str) -> bool:
+        entry = self._next.get(claw)
+        return entry is None or self._clock() >= entry[0]
+
+    def failed(self, claw: str) -> None:
+        delay = min(self._next.get(claw, (0.0, self._first / 2))[1] * 2, self._cap)
+        self._next[claw] = (self._clock() + delay, delay)
+
+    def succeeded(self, claw: str) -> None:
+        self._next.pop(claw, None)
+
+
+def reconcile(
+    ctx: Context, progress: Progress = silent, gate: RetryGate | None = None
+) -> ReconcileReport:
     report = ReconcileReport()
     ctx.hypervisor.ping()
     lifecycle = Lifecycle(ctx)
     _resume_operations(ctx, lifecycle, report, progress)
-    _fix_drift(ctx, lifecycle, report, progress)
+    _fix_drift(ctx, lifecycle, report, progress, gate or RetryGate(first=0.0))
     _remove_orphans(ctx, report, progress)
     return report
 
@@ -72,11 +101,15 @@ def _resume_operations(
 
 
 def _fix_drift(
-    ctx: Context, lifecycle: Lifecycle, report: ReconcileReport, progress: Progress
+    ctx: Context,
+    lifecycle: Lifecycle,
+    report: ReconcileReport,
+    progress: Progress,
+    gate: RetryGate,
 ) -> None:
     for claw in ctx.claws.list():
-        if ctx.ops.running_for(claw.name) is not None:
-            continue  # someone is changing it right now
+        if ctx.ops.running_for(claw.name) is not None or not gate.allowed(claw.name):
+            continue  # someone is changing it right now, or it failed recently
         state = ctx.hypervisor.state(domain_name(claw.name))
         try:
             if claw.state is ClawState.RUNNING and state not in (
@@ -86,11 +119,13 @@ def _fix_drift(
                 progress(f"{claw.name} should be running but is {state or 'undefined'}; starting")
                 lifecycle.start(claw.name, progress)
                 report.restarted.append(claw.name)
+                gate.succeeded(claw.name)
             elif claw.state is ClawState.STOPPED and state is DomainState.RUNNING:
                 progress(f"{claw.name} should be stopped but is running; shutting down")
                 lifecycle.stop(claw.name, progress)
                 report.stopped.append(claw.name)
         except ClawdenError as exc:
+            gate.failed(claw.name)
             report.errors.append(f"{claw.name}: {exc}")
 
 
@@ -111,7 +146,14 @@ def _remove_orphans(ctx: Context, report: ReconcileReport, progress: Progress) -
     for path in sorted(ctx.settings.claws_dir.iterdir()):
         if path.name in known or path.name in busy or not path.is_dir():
             continue
-        progress(f"removing orphaned files {path}")
-        shutil.rmtree(path, ignore_errors=True)
+        aside = ctx.settings.home / "orphans" / f"{path.name}-{_stamp()}"
+        progress(f"moving unaccounted-for files {path} to {aside}")
+        aside.parent.mkdir(mode=0o700, exist_ok=True)
+        path.rename(aside)
         report.orphans_removed.append(str(path))
-        ctx.audit.append(ctx.actor, "reconcile.orphan_removed", path.name, {"path": str(path)})
+        details = {"path": str(path), "moved_to": str(aside)}
+        ctx.audit.append(ctx.actor, "reconcile.orphan_moved", path.name, details)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -35,7 +35,11 @@ class Env:
     env: dict[str, str]
 
     def run(
-        self, *args: str, check: bool = True, timeout: float = 600, extra_env: dict[str, str] | None = None
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 600,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         env = dict(self.env, **(extra_env or {}))
         proc = subprocess.run(
@@ -50,7 +54,10 @@ class Env:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [*CLAWDEN, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [*CLAWDEN, *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
 

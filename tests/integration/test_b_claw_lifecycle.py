@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 def _virsh_domains() -> list[str]:
     out = subprocess.run(
         ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
@@ -45,7 +47,9 @@ def test_data_survives_stop_and_start(clawden_env: Env, two_claws: tuple[str, st
     assert out == "persisted\n"
 
 
-def test_changed_guest_host_key_is_refused_and_audited(clawden_env: Env, two_claws: tuple[str, str]) -> None:
+def test_changed_guest_host_key_is_refused_and_audited(
+    clawden_env: Env, two_claws: tuple[str, str]
+) -> None:
     db = clawden_env.home / "clawden.db"
     _, impostor = mint_ed25519()
     with sqlite3.connect(db) as conn:
@@ -112,7 +116,9 @@ def test_tampered_golden_image_is_refused(clawden_env: Env, controller: object) 
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_bad_input_gets_one_line_errors_and_loses_nothing(clawden_env: Env, two_claws: tuple[str, str]) -> None:
+def test_bad_input_gets_one_line_errors_and_loses_nothing(
+    clawden_env: Env, two_claws: tuple[str, str]
+) -> None:
     before = clawden_env.run("claw", "list").stdout
     cases = [
         (("claw", "create", "Bad_Name", "--member", "X"), "invalid claw name"),
@@ -128,7 +134,12 @@ def test_bad_input_gets_one_line_errors_and_loses_nothing(clawden_env: Env, two_
     assert clawden_env.run("claw", "list").stdout == before
 
     down = clawden_env.run(
-        "claw", "create", "zed", "--member", "Z", check=False,
+        "claw",
+        "create",
+        "zed",
+        "--member",
+        "Z",
+        check=False,
         extra_env={"CLAWDEN_LIBVIRT_URI": "qemu+unix:///system?socket=/nonexistent/libvirt-sock"},
     )
     assert "libvirtd" in _one_line_error(down)
@@ -160,8 +171,14 @@ def _kill_at(env: Env, args: tuple[str, ...], marker: str) -> None:
                 stream.close()
 
 
-def test_killed_create_and_destroy_are_completed_by_reconcile(clawden_env: Env, controller: object) -> None:
-    _kill_at(clawden_env, ("claw", "create", "carol", "--member", "Carol", "--no-wait"), "create carol: define")
+def test_killed_create_and_destroy_are_completed_by_reconcile(
+    clawden_env: Env, controller: object
+) -> None:
+    _kill_at(
+        clawden_env,
+        ("claw", "create", "carol", "--member", "Carol", "--no-wait"),
+        "create carol: define",
+    )
     status = clawden_env.run("claw", "status", "carol").stdout
     assert "operation: create" in status
     clawden_env.run("reconcile")
@@ -173,7 +190,9 @@ def test_killed_create_and_destroy_are_completed_by_reconcile(clawden_env: Env, 
     _assert_gone(clawden_env, "carol")
 
 
-def test_destroy_leaves_no_domain_disk_key_or_socket(clawden_env: Env, two_claws: tuple[str, str]) -> None:
+def test_destroy_leaves_no_domain_disk_key_or_socket(
+    clawden_env: Env, two_claws: tuple[str, str]
+) -> None:
     clawden_env.run("claw", "destroy", "bob", "--yes")
     _assert_gone(clawden_env, "bob")
     # alice is untouched by bob's destruction

@@ -100,7 +100,9 @@ def test_each_forwarded_port_reaches_its_own_service(sshd: LocalSshd) -> None:
 
     ports = [_free_port(), _free_port()]
     services = [
-        HttpService(f"svc{i}", port, {("GET", "/"): lambda c, r, i=i: HttpResponse(200, b"svc%d" % i)})
+        HttpService(
+            f"svc{i}", port, {("GET", "/"): lambda c, r, i=i: HttpResponse(200, b"svc%d" % i)}
+        )
         for i, port in enumerate(ports)
     ]
     transport = open_transport(_target(sshd, claw="carol"), timeout=10)

@@ -100,7 +100,9 @@ def test_socket_is_private_and_a_second_controller_is_refused(server: Path) -> N
 def test_rpc_serves_concurrent_clients(server: Path) -> None:
     results: list[rpc.Reply] = []
     threads = [
-        threading.Thread(target=lambda: results.append(rpc.call(server, {"op": "echo", "chunks": []})))
+        threading.Thread(
+            target=lambda: results.append(rpc.call(server, {"op": "echo", "chunks": []}))
+        )
         for _ in range(8)
     ]
     for t in threads:

@@ -170,9 +170,7 @@ def test_readme_sets_up_with_exactly_two_commands() -> None:
     sections = _sections(_read(README))
     assert SETUP_SECTION in sections, f"README.md needs a '## {SETUP_SECTION}' section"
     blocks = _fenced_blocks(sections[SETUP_SECTION])
-    commands = [
-        [line.strip() for line in block.splitlines() if line.strip()] for block in blocks
-    ]
+    commands = [[line.strip() for line in block.splitlines() if line.strip()] for block in blocks]
     assert commands == [[c] for c in SETUP_COMMANDS], (
         f"the set-up must be exactly two fenced blocks, {SETUP_COMMANDS}; found {commands}"
     )
@@ -210,9 +208,7 @@ def test_every_command_is_documented(doc: Path) -> None:
         words = [w for w in _tokens(args) if not w.startswith("-")]
         shown.update(" ".join(words[:n]) for n in range(1, len(words) + 1))
     missing = sorted(set(_leaf_commands(_parser())) - shown)
-    assert not missing, f"{doc.name} does not show: " + ", ".join(
-        f"`clawden {m}`" for m in missing
-    )
+    assert not missing, f"{doc.name} does not show: " + ", ".join(f"`clawden {m}`" for m in missing)
 
 
 def test_the_checker_catches_drift() -> None:

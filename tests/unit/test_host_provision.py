@@ -28,16 +28,22 @@ RECORDED_RUN: list[tuple[str, str, dict[str, Any] | None]] = [
     ("runner_on_ok", "read host facts", {"changed": False}),
     ("playbook_on_task_start", "check the operating system is supported", None),
     ("runner_on_start", "check the operating system is supported", None),
-    ("runner_on_ok", "check the operating system is supported",
-     {"changed": False, "msg": "All assertions passed"}),
+    (
+        "runner_on_ok",
+        "check the operating system is supported",
+        {"changed": False, "msg": "All assertions passed"},
+    ),
     ("playbook_on_task_start", "provision the Debian host", None),
     ("runner_on_start", "provision the Debian host", None),
     ("runner_on_ok", "provision the Debian host", {"changed": False, "include": "debian.yml"}),
     ("playbook_on_include", "provision the Debian host", None),
     ("playbook_on_task_start", "find which packages are installed", None),
     ("runner_on_start", "find which packages are installed", None),
-    ("runner_on_ok", "find which packages are installed",
-     {"changed": False, "msg": "", "rc": 0, "stderr": ""}),
+    (
+        "runner_on_ok",
+        "find which packages are installed",
+        {"changed": False, "msg": "", "rc": 0, "stderr": ""},
+    ),
     ("playbook_on_task_start", "find which optional packages this release ships", None),
     ("runner_on_start", "find which optional packages this release ships", None),
     ("runner_on_skipped", "find which optional packages this release ships", None),
@@ -49,8 +55,11 @@ RECORDED_RUN: list[tuple[str, str, dict[str, Any] | None]] = [
     ("runner_on_skipped", "install packages", None),
     ("playbook_on_task_start", "create the clawden state directory", None),
     ("runner_on_start", "create the clawden state directory", None),
-    ("runner_on_ok", "create the clawden state directory",
-     {"changed": True, "path": "/var/lib/clawden", "mode": "0711"}),
+    (
+        "runner_on_ok",
+        "create the clawden state directory",
+        {"changed": True, "path": "/var/lib/clawden", "mode": "0711"},
+    ),
     ("playbook_on_task_start", "detect whether systemd is running", None),
     ("runner_on_start", "detect whether systemd is running", None),
     ("runner_on_ok", "detect whether systemd is running", {"changed": False}),
@@ -59,42 +68,97 @@ RECORDED_RUN: list[tuple[str, str, dict[str, Any] | None]] = [
     ("runner_on_skipped", "start libvirt with systemd", None),
     ("playbook_on_task_start", "look for running libvirt daemons", None),
     ("runner_on_start", "look for running libvirt daemons", None),
-    ("runner_item_on_ok", "look for running libvirt daemons",
-     {"changed": False, "msg": "", "rc": 0, "stderr": ""}),
-    ("runner_item_on_ok", "look for running libvirt daemons",
-     {"changed": False, "msg": "", "rc": 0, "stderr": ""}),
-    ("runner_on_ok", "look for running libvirt daemons", {
-        "changed": False, "msg": "All items completed", "results": [
-            {"changed": False, "msg": "", "rc": 0, "stderr": "", "failed": False,
-             "item": "virtlogd"},
-            {"changed": False, "msg": "", "rc": 0, "stderr": "", "failed": False,
-             "item": "libvirtd"},
-        ]}),
+    (
+        "runner_item_on_ok",
+        "look for running libvirt daemons",
+        {"changed": False, "msg": "", "rc": 0, "stderr": ""},
+    ),
+    (
+        "runner_item_on_ok",
+        "look for running libvirt daemons",
+        {"changed": False, "msg": "", "rc": 0, "stderr": ""},
+    ),
+    (
+        "runner_on_ok",
+        "look for running libvirt daemons",
+        {
+            "changed": False,
+            "msg": "All items completed",
+            "results": [
+                {
+                    "changed": False,
+                    "msg": "",
+                    "rc": 0,
+                    "stderr": "",
+                    "failed": False,
+                    "item": "virtlogd",
+                },
+                {
+                    "changed": False,
+                    "msg": "",
+                    "rc": 0,
+                    "stderr": "",
+                    "failed": False,
+                    "item": "libvirtd",
+                },
+            ],
+        },
+    ),
     ("playbook_on_task_start", "start the libvirt daemons that are not running", None),
     ("runner_on_start", "start the libvirt daemons that are not running", None),
     ("runner_on_skipped", "start the libvirt daemons that are not running", None),
     ("playbook_on_task_start", "wait for the libvirtd socket", None),
     ("runner_on_start", "wait for the libvirtd socket", None),
-    ("runner_on_ok", "wait for the libvirtd socket",
-     {"changed": False, "path": "/var/run/libvirt/libvirt-sock", "mode": "0777", "elapsed": 0}),
+    (
+        "runner_on_ok",
+        "wait for the libvirtd socket",
+        {"changed": False, "path": "/var/run/libvirt/libvirt-sock", "mode": "0777", "elapsed": 0},
+    ),
     ("playbook_on_task_start", "check libvirtd answers", None),
     ("runner_on_start", "check libvirtd answers", None),
-    ("runner_on_ok", "check libvirtd answers", {"changed": False, "msg": "", "rc": 0,
-     "stderr": "Authorization not available. Check if polkit service is running or see "
-               "debug message for more information."}),
+    (
+        "runner_on_ok",
+        "check libvirtd answers",
+        {
+            "changed": False,
+            "msg": "",
+            "rc": 0,
+            "stderr": "Authorization not available. Check if polkit service is running or see "
+            "debug message for more information.",
+        },
+    ),
 ]
 
 # The end of a real run with clawden_host_daemons=[clawden-no-such-daemon]:
 # a loop task whose item failed.
-LOOP_FAILURE = ("runner_on_failed", "start the libvirt daemons that are not running", {
-    "changed": True, "msg": "One or more items failed", "results": [
-        {"changed": True, "msg": "non-zero return code", "rc": 127, "failed": True,
-         "stderr": "env: ‘clawden-no-such-daemon’: No such file or directory"}]})
+LOOP_FAILURE = (
+    "runner_on_failed",
+    "start the libvirt daemons that are not running",
+    {
+        "changed": True,
+        "msg": "One or more items failed",
+        "results": [
+            {
+                "changed": True,
+                "msg": "non-zero return code",
+                "rc": 127,
+                "failed": True,
+                "stderr": "env: ‘clawden-no-such-daemon’: No such file or directory",
+            }
+        ],
+    },
+)
 
 # The end of a real run with clawden_host_libvirt_socket=/nonexistent/libvirt-sock.
-WAIT_FAILURE = ("runner_on_failed", "wait for the libvirtd socket", {
-    "changed": False, "msg": "Timeout when waiting for file /nonexistent/libvirt-sock",
-    "elapsed": 1})
+WAIT_FAILURE = (
+    "runner_on_failed",
+    "wait for the libvirtd socket",
+    {
+        "changed": False,
+        "msg": "Timeout when waiting for file /nonexistent/libvirt-sock",
+        "elapsed": 1,
+    },
+)
 
 
 def event(kind: str, task: str, res: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
@@ -119,8 +183,16 @@ def task_names(path: Path) -> list[str]:
 def test_package_list_has_what_a_host_needs() -> None:
     defaults = yaml.safe_load((hp.ROLE_DIR / "defaults" / "main.yml").read_text())
     packages = set(defaults["clawden_host_packages"])
-    assert {"libvirt-daemon-system", "libvirt-clients", "qemu-utils", "mmdebstrap",
-            "e2fsprogs", "socat", "libxml2-utils", "procps"} <= packages
+    assert {
+        "libvirt-daemon-system",
+        "libvirt-clients",
+        "qemu-utils",
+        "mmdebstrap",
+        "e2fsprogs",
+        "socat",
+        "libxml2-utils",
+        "procps",
+    } <= packages
     assert "libvirt-daemon-driver-qemu" in defaults["clawden_host_optional_packages"]
     qemu = defaults["clawden_host_qemu_packages"]
     assert qemu["x86_64"] == "qemu-system-x86"
@@ -146,7 +218,10 @@ def test_playbook_passes_ansible_syntax_check() -> None:
     playbook = Path(sys.executable).parent / "ansible-playbook"
     done = subprocess.run(
         [str(playbook), "--syntax-check", "-i", "localhost,", str(hp.PLAYBOOK)],
-        capture_output=True, text=True, env=hp.runner_envvars(), check=False,
+        capture_output=True,
+        text=True,
+        env=hp.runner_envvars(),
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -192,7 +267,8 @@ def test_module_msg_reaches_the_error() -> None:
     replay(reporter, [WAIT_FAILURE])
     assert reporter.failure is not None
     assert reporter.failure.what.endswith(
-        "'wait for the libvirtd socket': Timeout when waiting for file /nonexistent/libvirt-sock")
+        "'wait for the libvirtd socket': Timeout when waiting for file /nonexistent/libvirt-sock"
+    )
     assert "\n" not in str(reporter.failure)
 
 
@@ -218,10 +294,21 @@ def test_failure_message_is_one_bounded_line() -> None:
 class FakeRunner:
     """Stands in for ansible_runner.run: replays events, returns a result."""
 
-    def __init__(self, events: list[tuple[str, str, Any]], status: str, rc: int,
-                 stats: dict[str, dict[str, int]] | None, stdout: str = "") -> None:
+    def __init__(
+        self,
+        events: list[tuple[str, str, Any]],
+        status: str,
+        rc: int,
+        stats: dict[str, dict[str, int]] | None,
+        stdout: str = "",
+    ) -> None:
         self.events, self.status, self.rc, self.stats, self.stdout = (
-            events, status, rc, stats, stdout)
+            events,
+            status,
+            rc,
+            stats,
+            stdout,
+        )
         self.kwargs: dict[str, Any] = {}
 
     def run(self, **kwargs: Any) -> SimpleNamespace:
@@ -230,8 +317,12 @@ class FakeRunner:
         artifacts.mkdir()
         (artifacts / "stdout").write_text(self.stdout)
         replay(kwargs["event_handler"], self.events)
-        return SimpleNamespace(status=self.status, rc=self.rc, stats=self.stats,
-                               config=SimpleNamespace(artifact_dir=str(artifacts)))
+        return SimpleNamespace(
+            status=self.status,
+            rc=self.rc,
+            stats=self.stats,
+            config=SimpleNamespace(artifact_dir=str(artifacts)),
+        )
 
 
 @pytest.fixture
@@ -248,8 +339,11 @@ def fake_runner(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_successful_run_is_reported_from_runner_stats(fake_runner: Any) -> None:
-    runner = fake_runner(FakeRunner(RECORDED_RUN, "successful", 0,
-                                    {"changed": {"localhost": 1}, "failures": {}, "dark": {}}))
+    runner = fake_runner(
+        FakeRunner(
+            RECORDED_RUN, "successful", 0, {"changed": {"localhost": 1}, "failures": {}, "dark": {}}
+        )
+    )
     lines: list[str] = []
     result = hp.provision_host(lines.append, extra_vars={"clawden_host_daemon_timeout_s": 5})
     assert (result.ok, result.changed, result.failed) == (True, 1, 0)
@@ -264,8 +358,11 @@ def test_successful_run_is_reported_from_runner_stats(fake_runner: Any) -> None:
 
 
 def test_failed_task_raises_naming_it(fake_runner: Any) -> None:
-    fake_runner(FakeRunner([WAIT_FAILURE], "failed", 2,
-                           {"changed": {}, "failures": {"localhost": 1}, "dark": {}}))
+    fake_runner(
+        FakeRunner(
+            [WAIT_FAILURE], "failed", 2, {"changed": {}, "failures": {"localhost": 1}, "dark": {}}
+        )
+    )
     with pytest.raises(hp.ProvisionError) as caught:
         hp.provision_host(lambda _line: None)
     assert caught.value.task == "wait for the libvirtd socket"
@@ -273,22 +370,28 @@ def test_failed_task_raises_naming_it(fake_runner: Any) -> None:
 
 
 def test_check_mode_counts_failures_instead_of_raising(fake_runner: Any) -> None:
-    runner = fake_runner(FakeRunner([WAIT_FAILURE], "failed", 2,
-                                    {"changed": {}, "failures": {"localhost": 1}, "dark": {}}))
+    runner = fake_runner(
+        FakeRunner(
+            [WAIT_FAILURE], "failed", 2, {"changed": {}, "failures": {"localhost": 1}, "dark": {}}
+        )
+    )
     result = hp.provision_host(lambda _line: None, check=True)
     assert (result.ok, result.failed) == (False, 1)
     assert runner.kwargs["cmdline"] == "--check"
 
 
 def test_run_dying_before_any_task_shows_ansible_output(fake_runner: Any) -> None:
-    stdout = ("ERROR! the role 'clawden_host' was not found in /x/roles\n\n"
-              "The error appears to be in '/x/site.yml': line 3, column 7\n")
+    stdout = (
+        "ERROR! the role 'clawden_host' was not found in /x/roles\n\n"
+        "The error appears to be in '/x/site.yml': line 3, column 7\n"
+    )
     fake_runner(FakeRunner([], "failed", 4, None, stdout=stdout))
     with pytest.raises(hp.ProvisionError) as caught:
         hp.provision_host(lambda _line: None)
     assert caught.value.what == (
         "ansible-playbook stopped (failed, exit 4): "
-        "ERROR! the role 'clawden_host' was not found in /x/roles")
+        "ERROR! the role 'clawden_host' was not found in /x/roles"
+    )
 
 
 def test_non_root_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

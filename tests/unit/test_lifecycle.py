@@ -42,7 +42,9 @@ def _fake_image(images: Path) -> Path:
         {
             "version": d.name,
             "created_at": "2026-01-01T00:00:00+00:00",
-            "artefacts": {n: artefact_entry(d / n) for n in ("golden.qcow2", "vmlinuz", "initrd.img")},
+            "artefacts": {
+                n: artefact_entry(d / n) for n in ("golden.qcow2", "vmlinuz", "initrd.img")
+            },
         },
     )
     return d
@@ -92,7 +94,9 @@ def test_root_overlay_is_backed_by_the_golden_image_which_stays_untouched(ctx: C
     Lifecycle(ctx).create(ClawSpec("alice", "Alice"))
     info = subprocess.run(
         ["qemu-img", "info", "--output=json", str(ctx.settings.claw_dir("alice") / "root.qcow2")],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert str(golden) in info
     assert golden.read_bytes() == before
@@ -202,8 +206,28 @@ def test_reconcile_restarts_a_crashed_claw_and_removes_orphans(ctx: Context) -> 
     assert ctx.hypervisor.state("clawden-hal") is DomainState.RUNNING
     assert "clawden-ivy" in report.orphans_removed
     assert ctx.hypervisor.state("clawden-ivy") is None
+    # Its files may hold someone's data: moved aside, never deleted.
     assert not ctx.settings.claw_dir("ivy").exists()
+    (aside,) = (ctx.settings.home / "orphans").iterdir()
+    assert (aside / "data.qcow2").exists()
     assert reconcile(ctx).changed is False
+
+
+def test_a_claw_that_keeps_failing_to_start_is_retried_with_backoff(ctx: Context) -> None:
+    from appliance.controller.reconcile import RetryGate
+
+    now = [0.0]
+    gate = RetryGate(first=30, cap=120, clock=lambda: now[0])
+    Lifecycle(ctx).create(ClawSpec("kim", "Kim"))
+    _fake(ctx).crash("clawden-kim")
+    _fake(ctx).fail_start.add("clawden-kim")
+    attempts = []
+    for t in (0, 10, 31, 60, 92, 200, 400):
+        now[0] = t
+        before = _fake(ctx).calls.count(("start", "clawden-kim"))
+        reconcile(ctx, gate=gate)
+        attempts.append(_fake(ctx).calls.count(("start", "clawden-kim")) > before)
+    assert attempts == [True, False, True, False, True, False, True]
 
 
 def test_operation_owned_by_a_live_process_is_left_alone(ctx: Context) -> None:
