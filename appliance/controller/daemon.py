@@ -18,7 +18,7 @@ from typing import Any
 
 from appliance.channel.manager import ChannelManager, ClawConnection
 from appliance.channel.services import ServiceRegistry
-from appliance.channel.transport import run_command
+from appliance.channel.transport import ChannelTarget, run_command
 from appliance.controller.context import Context
 from appliance.controller.guestfiles import channel_target
 from appliance.controller.reconcile import RetryGate, reconcile
@@ -117,7 +117,7 @@ class Controller:
         for claw in wanted:
             self.channels.ensure(claw)
 
-    def _target_for(self, claw: str) -> Any:
+    def _target_for(self, claw: str) -> ChannelTarget:
         return channel_target(self._ctx, claw)
 
     def _audit_event(self, action: str, claw: str, details: dict[str, object]) -> None:
@@ -142,7 +142,7 @@ class Controller:
                 }
         return {"pid": os.getpid(), "channels": claws}
 
-    def _connection(self, claw: str) -> Any:
+    def _connection(self, claw: str) -> ClawConnection:
         record = self._ctx.claws.require(claw)
         if record.state is not ClawState.RUNNING:
             raise ClawdenError(
@@ -175,6 +175,8 @@ class Controller:
                 return conn, True
             if time.monotonic() >= deadline:
                 return conn, False
+            if conn is None:
+                time.sleep(min(0.5, max(0.0, left)))  # domain not up yet: poll gently
 
     def _wait_ready(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
         claw = str(request["claw"])
