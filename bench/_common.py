@@ -37,6 +37,12 @@ QUIET_POLL_S = 20.0
 QUIET_MAX_S = 15 * 60.0
 
 
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so every ``finally`` destroys our
+    claws, stops our controller and removes our homes."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+
+
 def say(line: str) -> None:
     # Progress goes to stderr so stdout stays one clean JSON document.
     print(f"[bench {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
@@ -93,7 +99,8 @@ def wait_for_quiet(max_wait: float = QUIET_MAX_S, poll: float = QUIET_POLL_S) ->
 def with_retries(
     part: str, body: Callable[[], dict[str, Any]], attempts: int = 3
 ) -> dict[str, Any]:
-    """Run ``body`` on a quiet machine; start over if it was disturbed."""
+    """Run ``body`` on a quiet machine; start over if it was disturbed.
+    Returns ``{"result": body's, "waited_for_quiet_s": .., "discarded_attempts": [..]}``."""
     waited = 0.0
     disturbed: list[str] = []
     for _ in range(attempts):
@@ -104,7 +111,11 @@ def with_retries(
             disturbed.append(str(exc))
             say(f"{part}: disturbed ({exc}); its figures are discarded, starting over")
             continue
-        return {"waited_for_quiet_s": round(waited), "discarded_attempts": disturbed, **result}
+        return {
+            "waited_for_quiet_s": round(waited),
+            "discarded_attempts": disturbed,
+            "result": result,
+        }
     raise RuntimeError(f"{part}: disturbed {attempts} times: {disturbed}")
 
 

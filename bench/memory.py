@@ -39,6 +39,7 @@ from bench._common import (
     kib_to_mib,
     machine,
     say,
+    unwind_on_sigterm,
     with_retries,
 )
 from bench.boot_ready import MEMBER, _whoami
@@ -205,13 +206,16 @@ def measure(idle_s: float = 30.0) -> dict[str, Any]:
             with controller(home) as ctl:
                 return {**prep, **run(home, ctl.pid, idle_s)}
 
-    return {"machine": machine(), **with_retries("memory", body)}
+    done = with_retries("memory", body, attempts=4)
+    result = done.pop("result")
+    return {"machine": machine(), **done, **result}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--idle", type=float, default=30.0, help="seconds idle before sampling")
     args = p.parse_args(argv)
+    unwind_on_sigterm()
     print(json.dumps(measure(args.idle), indent=2))
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import boot_ready, image_build, memory
-from bench._common import machine, say
+from bench._common import machine, say, unwind_on_sigterm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cached", type=int, default=3, help="cached image builds (default 3)")
     p.add_argument("--idle", type=float, default=30.0, help="memory: idle seconds (default 30)")
     p.add_argument("--only", default="boot,memory,build", help="comma-separated parts to run")
+    p.add_argument(
+        "--into", type=Path, help="update this results file (e.g. to redo one part) instead"
+    )
     args = p.parse_args(argv)
+    unwind_on_sigterm()
 
     parts: dict[str, Callable[[], dict[str, Any]]] = {
         "boot": lambda: boot_ready.measure(args.runs),
@@ -47,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     results: dict[str, Any] = {"started_utc": started, "machine": machine()}
-    failed = False
     out = RESULTS / f"{started}.json"
+    if args.into is not None:
+        out = args.into
+        results = json.loads(out.read_text())
+    failed = False
     for name in (n for n in parts if n in wanted):
         say(f"== {name}")
         t0 = time.monotonic()
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                              "traceback": traceback.format_exc()}  # fmt: skip
         results[name]["wall_s"] = round(time.monotonic() - t0, 1)
         # Written after every part so an interrupted run keeps what it measured.
-        RESULTS.mkdir(exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
     print(out)
     return 1 if failed else 0

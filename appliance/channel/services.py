@@ -99,4 +99,7 @@ def _serve_one(service: ForwardedService, claw: ClawIdentity, chan: paramiko.Cha
     except Exception:  # noqa: BLE001 — one bad request must not kill the channel
         log.exception("service %s failed for claw %s", service.name, claw.name)
     finally:
-        chan.close()
+        try:
+            chan.close()
+        except (EOFError, OSError, paramiko.SSHException):
+            pass  # the transport is already gone (guest stopped, host hung up)
