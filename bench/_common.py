@@ -323,7 +323,8 @@ def controller(home: Home) -> Iterator[Controller]:
         # controller saw is the first thing to read when a run misbehaves.
         logs = RESULTS / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        shutil.copy(log, logs / f"{home.path.name}-controller.log")
+        stamp = time.strftime("%H%M%S")
+        shutil.copy(log, logs / f"{home.path.name}-{stamp}-controller.log")
     if watchdog.reason is not None:
         raise Disturbed(watchdog.reason)
 

@@ -111,6 +111,11 @@ def qemu_overhead(pid: int, guest_mib: int) -> dict[str, Any]:
     # overhead.
     tb = [m for m in maps if m.anonymous and m.header.split()[1].startswith("rwx")]
     rss, pss = rollup(pid)
+    # Where the rest goes: files (QEMU, its libraries, ROMs; shared between
+    # QEMUs, so PSS < RSS) versus QEMU's own anonymous memory (heap, stacks,
+    # device state), the TB cache aside.
+    files = [m for m in maps if _is_file(m)]
+    anon = [m for m in maps if not _is_file(m) and m is not guest and m not in tb]
     return {
         "pid": pid,
         "qemu_rss_mib": kib_to_mib(rss),
@@ -121,7 +126,24 @@ def qemu_overhead(pid: int, guest_mib: int) -> dict[str, Any]:
         "tcg_tb_cache_resident_mib": kib_to_mib(sum(m.rss_kib for m in tb)),
         "overhead_rss_mib": kib_to_mib(rss - guest.rss_kib),
         "overhead_pss_mib": kib_to_mib(pss - guest.pss_kib),
+        "overhead_split_rss_mib": {
+            "tcg_tb_cache": kib_to_mib(sum(m.rss_kib for m in tb)),
+            "file_backed": kib_to_mib(sum(m.rss_kib for m in files)),
+            "other_anonymous": kib_to_mib(sum(m.rss_kib for m in anon)),
+        },
+        "overhead_split_pss_mib": {
+            "tcg_tb_cache": kib_to_mib(sum(m.pss_kib for m in tb)),
+            "file_backed": kib_to_mib(sum(m.pss_kib for m in files)),
+            "other_anonymous": kib_to_mib(sum(m.pss_kib for m in anon)),
+        },
     }
+
+
+def _is_file(m: Mapping) -> bool:
+    # "addr perms offset dev inode path": a real file has an inode; [heap],
+    # [stack] and friends have none.
+    parts = m.header.split()
+    return len(parts) >= 6 and parts[4] != "0"
 
 
 def sample_controller(pid: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -34,9 +34,19 @@ class HttpRequest:
 
 @dataclass(frozen=True)
 class HttpResponse:
+    """A response: either ``body`` (sent with Content-Length) or, when
+    ``stream`` is set, an iterable of chunks sent as they come with
+    ``Transfer-Encoding: chunked`` (server-sent events from the LLM gateway).
+
+    The stream is always closed (``close()`` if it has one) once sent or when
+    the client goes away, so a generator's ``finally`` can release upstream
+    connections and record what it saw.
+    """
+
     status: int
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
+    stream: Iterable[bytes] | None = None
 
     @classmethod
     def json(cls, status: int, payload: Any) -> HttpResponse:
@@ -100,12 +110,34 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(self.server.service.dispatch(self.server.claw, request))
 
     def _send(self, response: HttpResponse) -> None:
+        if response.stream is not None:
+            self._send_chunked(response, response.stream)
+            return
         self.send_response(response.status)
         for key, value in response.headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
         self.wfile.write(response.body)
+
+    def _send_chunked(self, response: HttpResponse, stream: Iterable[bytes]) -> None:
+        try:
+            self.send_response(response.status)
+            for key, value in response.headers.items():
+                if key.lower() not in ("content-length", "transfer-encoding"):
+                    self.send_header(key, value)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for chunk in stream:
+                if chunk:  # an empty chunk would end the body early
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    # Flush each chunk: a streamed token is worth sending now.
+                    self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        finally:
+            close = getattr(stream, "close", None)
+            if callable(close):
+                close()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve  # noqa: N815
 

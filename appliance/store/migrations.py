@@ -117,9 +117,80 @@ def m004_audit_log(db: Database) -> None:
     )
 
 
+def m005_llm_usage(db: Database) -> None:
+    # One row per call the LLM gateway forwarded. No foreign key to claws: a
+    # destroyed claw's spending stays on record. The (claw, ts) index serves
+    # the budget check the gateway runs before every call.
+    _script(
+        db,
+        """
+        CREATE TABLE llm_calls (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            claw TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            duration_ms INTEGER NOT NULL DEFAULT 0,
+            note TEXT
+        ) STRICT;
+        CREATE INDEX llm_calls_claw_ts ON llm_calls (claw, ts);
+        CREATE INDEX llm_calls_ts ON llm_calls (ts);
+        """,
+    )
+
+
+def m006_schedules_and_messages(db: Database) -> None:
+    # Host-side, so schedules and conversations survive a wipe or rebuild of
+    # the VM. No foreign key to claws: `claw destroy` removes a claw's rows
+    # itself, and message history may outlive the claw if an admin wants it.
+    # The partial unique index is what guarantees one heartbeat per claw.
+    _script(
+        db,
+        """
+        CREATE TABLE schedules (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            claw TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('heartbeat', 'cron', 'every', 'at')),
+            spec TEXT NOT NULL,
+            tz TEXT NOT NULL,
+            text TEXT NOT NULL,
+            created_by TEXT NOT NULL CHECK (created_by IN ('operator', 'claw')),
+            enabled INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+            next_run_at TEXT,
+            last_run_at TEXT,
+            last_status TEXT,
+            created_at TEXT NOT NULL
+        ) STRICT;
+        CREATE UNIQUE INDEX schedules_one_heartbeat ON schedules (claw)
+            WHERE kind = 'heartbeat';
+        CREATE INDEX schedules_claw ON schedules (claw, id);
+        CREATE INDEX schedules_due ON schedules (next_run_at)
+            WHERE enabled = 1 AND next_run_at IS NOT NULL;
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            claw TEXT NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            channel TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            text TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            delivered INTEGER NOT NULL CHECK (delivered IN (0, 1))
+        ) STRICT;
+        CREATE INDEX messages_claw ON messages (claw, id);
+        CREATE INDEX messages_undelivered ON messages (claw, id) WHERE delivered = 0;
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     (1, "claws", m001_claws),
     (2, "keys", m002_keys),
     (3, "operations", m003_operations),
     (4, "audit_log", m004_audit_log),
+    (5, "llm_usage", m005_llm_usage),
+    (6, "schedules_and_messages", m006_schedules_and_messages),
 ]

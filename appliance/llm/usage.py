@@ -1,0 +1,139 @@
+"""What each claw spent on models: one row per gateway call in ``llm_calls``.
+
+The gateway writes a row after every forwarded call (streamed or not) and
+reads period totals before the next one, so budgets survive controller
+restarts. ``llm_usage_lines`` is the body of ``clawden llm usage [NAME]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlite_utils import Database
+
+from appliance.llm.policy import Period, Totals, period_start
+from appliance.store.tx import locked, transaction
+from appliance.textsafe import printable
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    """The store's timestamp format (see ``store.tx.utc_now``): sorts lexically."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    claw: str
+    period: str  # "2025-01-31" or "2025-01"
+    totals: Totals
+    unpriced_calls: int
+
+
+class UsageRepository:
+    def __init__(self, db: Database, clock: Clock = _utc_now) -> None:
+        self.db = db
+        self.clock = clock
+
+    def record(
+        self,
+        claw: str,
+        model: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost_usd: float = 0.0,
+        status: str = "ok",
+        duration_ms: int = 0,
+        note: str | None = None,
+        ts: datetime | None = None,
+    ) -> None:
+        with transaction(self.db):
+            self.db.execute(
+                "INSERT INTO llm_calls (claw, ts, model, prompt_tokens, completion_tokens,"
+                " cost_usd, status, duration_ms, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    claw,
+                    iso(ts or self.clock()),
+                    model,
+                    max(0, int(prompt_tokens)),
+                    max(0, int(completion_tokens)),
+                    max(0.0, float(cost_usd)),
+                    status,
+                    max(0, int(duration_ms)),
+                    note,
+                ),
+            )
+
+    def totals(self, claw: str, since: datetime) -> Totals:
+        """Everything ``claw`` used from ``since`` on (inclusive)."""
+        with locked(self.db):
+            row = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
+                " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0)"
+                " FROM llm_calls WHERE claw = ? AND ts >= ?",
+                (claw, iso(since)),
+            ).fetchone()
+        return Totals(int(row[0]), int(row[1]), int(row[2]), float(row[3]))
+
+    def period_totals(self, claw: str, now: datetime) -> tuple[Totals, Totals]:
+        """(today, this month) for ``claw``, UTC."""
+        return (
+            self.totals(claw, period_start(now, "day")),
+            self.totals(claw, period_start(now, "month")),
+        )
+
+    def report(
+        self, claw: str | None, period: Period, now: datetime | None = None
+    ) -> list[UsageRow]:
+        """Per claw, the current ``period`` (UTC day or month) so far."""
+        now = now or self.clock()
+        start = period_start(now, period)
+        label = f"{start:%Y-%m-%d}" if period == "day" else f"{start:%Y-%m}"
+        sql = (
+            "SELECT claw, COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
+            " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0),"
+            " COALESCE(SUM(note LIKE 'no price%'), 0) FROM llm_calls WHERE ts >= ?"
+        )
+        args: list[str] = [iso(start)]
+        if claw is not None:
+            sql += " AND claw = ?"
+            args.append(claw)
+        sql += " GROUP BY claw ORDER BY claw"
+        with locked(self.db):
+            rows = self.db.execute(sql, args).fetchall()
+        return [
+            UsageRow(r[0], label, Totals(int(r[1]), int(r[2]), int(r[3]), float(r[4])), int(r[5]))
+            for r in rows
+        ]
+
+
+def llm_usage_lines(db: Database, name: str | None, now: datetime | None = None) -> Iterator[str]:
+    """The lines ``clawden llm usage [NAME]`` prints: today and this month."""
+    usage = UsageRepository(db)
+    now = now or usage.clock()
+    rows = usage.report(name, "day", now) + usage.report(name, "month", now)
+    if not rows:
+        who = f"claw {printable(name)!r}" if name else "any claw"
+        yield f"no LLM calls recorded for {who} this month"
+        return
+    yield (
+        f"{'CLAW':<16} {'PERIOD':<10} {'CALLS':>6} {'PROMPT':>10} {'COMPLETION':>10}"
+        f" {'COST USD':>10}"
+    )
+    for row in sorted(rows, key=lambda r: (r.claw, len(r.period) == 7)):
+        t = row.totals
+        line = (
+            f"{printable(row.claw):<16} {row.period:<10} {t.requests:>6} "
+            f"{t.prompt_tokens:>10} {t.completion_tokens:>10} {t.cost_usd:>10.4f}"
+        )
+        if row.unpriced_calls:
+            line += f"  ({row.unpriced_calls} calls to unpriced models counted at $0)"
+        yield line

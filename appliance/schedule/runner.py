@@ -1,0 +1,179 @@
+"""The scheduler loop: find due jobs, apply the missed-run policy, deliver.
+
+``SchedulerRunner.tick(now)`` does one pass and returns what it did, so tests
+drive it with an injected clock; ``SchedulerThread`` calls it every few
+seconds inside the controller. The delivery into the claw's agent is a port
+(``Delivery``); the real one (over the claw's channel) comes with the agent.
+
+Heartbeats are cheap when idle: before delivering one, the runner reads the
+claw's HEARTBEAT.md (``HeartbeatSource``) and, when it holds nothing
+actionable, records ``skipped: nothing actionable`` without any delivery, so
+no model is called. A heartbeat reply that is just ``HEARTBEAT_OK`` is not
+stored for the owner; any other reply is stored as an undelivered outgoing
+message for the channels to deliver.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from appliance.errors import ClawdenError
+from appliance.messages import MessageRepository
+from appliance.schedule.heartbeat import HeartbeatSource, heartbeat_is_actionable, is_heartbeat_ok
+from appliance.schedule.model import GRACE, Job, JobKind, plan
+from appliance.schedule.store import ScheduleRepository
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    ok: bool
+    reply: str | None = None  # what the claw answered, if anything
+    detail: str = ""  # e.g. the model used or why it failed, for last_status
+
+
+class Delivery(Protocol):
+    """Hands one run of ``job`` to the claw's agent; ``reason`` is
+    ``scheduled`` or ``missed`` (a catch-up after downtime)."""
+
+    def deliver(self, job: Job, reason: str) -> DeliveryResult: ...
+
+
+@dataclass
+class FakeDelivery:
+    """Records every delivery and answers with ``replies[claw]`` (default ``HEARTBEAT_OK``)."""
+
+    replies: dict[str, str] = field(default_factory=dict)
+    fail_with: ClawdenError | None = None
+    calls: list[tuple[int, str, str]] = field(default_factory=list)  # (job id, claw, reason)
+
+    def deliver(self, job: Job, reason: str) -> DeliveryResult:
+        self.calls.append((job.id, job.claw, reason))
+        if self.fail_with is not None:
+            raise self.fail_with
+        return DeliveryResult(True, self.replies.get(job.claw, "HEARTBEAT_OK"))
+
+
+@dataclass(frozen=True)
+class Fired:
+    """One due job handled by a tick: delivered (``ran``) or skipped, and why."""
+
+    job_id: int
+    claw: str
+    kind: JobKind
+    scheduled_for: datetime
+    ran: bool
+    status: str
+    next_run_at: datetime | None
+
+
+class SchedulerRunner:
+    def __init__(
+        self,
+        store: ScheduleRepository,
+        deliver: Delivery,
+        clock: Clock = utc_clock,
+        heartbeats: HeartbeatSource | None = None,
+        messages: MessageRepository | None = None,
+        grace: timedelta = GRACE,
+    ) -> None:
+        self.store = store
+        self.delivery = deliver
+        self.clock = clock
+        self.heartbeats = heartbeats
+        self.messages = messages
+        self.grace = grace
+
+    def tick(self, now: datetime | None = None) -> list[Fired]:
+        """Handle every job due at ``now`` (default: the clock), oldest first."""
+        now = self.clock() if now is None else now
+        fired = []
+        for job in self.store.due(now):
+            result = self._handle(job, now)
+            if result is not None:
+                fired.append(result)
+        return fired
+
+    def _handle(self, job: Job, now: datetime) -> Fired | None:
+        assert job.next_run_at is not None
+        decision = plan(job, now, self.grace)
+        status = decision.reason if not decision.run else "running"
+        if not self.store.claim(job, decision.next_run_at, now, status, decision.run):
+            return None  # removed, disabled or moved on since we read it
+        if decision.run:
+            status = self._run(job, decision.reason)
+            self.store.record(job.id, status)
+        return Fired(
+            job.id, job.claw, job.kind, job.next_run_at, decision.run, status, decision.next_run_at
+        )
+
+    def _run(self, job: Job, reason: str) -> str:
+        if job.kind is JobKind.HEARTBEAT:
+            text = None if self.heartbeats is None else self.heartbeats.read(job.claw)
+            if text is None or not heartbeat_is_actionable(text):
+                return "skipped: nothing actionable"
+        try:
+            result = self.delivery.deliver(job, reason)
+        except ClawdenError as exc:
+            return f"failed: {exc.what}"
+        except Exception as exc:  # noqa: BLE001 — one broken job must not starve the others
+            log.exception("delivering job %s to %s failed", job.id, job.claw)
+            return f"failed: internal error ({type(exc).__name__})"
+        if not result.ok:
+            return f"failed: {result.detail or 'the claw did not accept it'}"
+        return self._store_reply(job, result)
+
+    def _store_reply(self, job: Job, result: DeliveryResult) -> str:
+        suffix = f" ({result.detail})" if result.detail else ""
+        reply = result.reply
+        if reply is None or not reply.strip():
+            return f"ok: no reply{suffix}"
+        if job.kind is JobKind.HEARTBEAT and is_heartbeat_ok(reply):
+            return f"ok: HEARTBEAT_OK, not forwarded{suffix}"
+        if self.messages is not None:
+            kind = "heartbeat" if job.kind is JobKind.HEARTBEAT else "schedule"
+            self.messages.add(job.claw, "out", "schedule", job.claw, reply, kind=kind)
+        return f"ok: reply stored for the owner{suffix}"
+
+
+class SchedulerThread:
+    """Runs ``runner.tick()`` every ``interval_s`` until ``stop()``."""
+
+    def __init__(self, runner: SchedulerRunner, interval_s: float = 10.0) -> None:
+        self.runner = runner
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the scheduler thread is already started")
+        self._thread = threading.Thread(target=self._loop, name="clawden-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to end and wait for it (a delivery in progress finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.runner.tick()
+            except Exception:  # noqa: BLE001 — the controller's scheduler must outlive a bad tick
+                log.exception("scheduler tick failed")
+            self._stop.wait(self.interval_s)
