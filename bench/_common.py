@@ -175,9 +175,24 @@ class Home:
     def clawden(
         self, *args: str, timeout: float = 900, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [CLAWDEN, *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+        child = subprocess.Popen(
+            [CLAWDEN, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM, timeout): SIGINT is the CLI's
+            # clean stop (an image build unmounts its chroot); SIGKILL, what
+            # subprocess.run would send, leaves the build's mounts behind.
+            child.send_signal(signal.SIGINT)
+            try:
+                child.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+            raise
+        proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
         if check and proc.returncode != 0:
             raise RuntimeError(
                 f"clawden {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"

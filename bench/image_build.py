@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
 from typing import Any
 
 from bench._common import (
@@ -29,11 +31,23 @@ from bench._common import (
 )
 
 
-def _timed_alone(home: Home, *args: str) -> float:
-    """Time one build; void if another run showed up meanwhile (both cores
-    are shared, and a build is CPU- and disk-bound)."""
-    seconds = home.timed(*args, timeout=1800)
+def _timed_alone(home: Home, *args: str, seen: list[str], cached: bool = False) -> float:
+    """Time one build; append the version built or found to ``seen``.
+
+    Void if another run showed up meanwhile (both cores are shared, and a
+    build is CPU- and disk-bound), or, for a cached build, if the recipe
+    changed since the previous build (someone editing ``images/`` or
+    ``appliance/guest/``): that "cached" build was really a cold one."""
+    started = time.monotonic()
+    out = home.clawden(*args, timeout=1800).stdout
+    seconds = time.monotonic() - started
+    found = re.search(r"golden image (\S+) ready", out)
+    version = found.group(1) if found else "?"
+    expect = seen[-1] if cached and seen else None
+    seen.append(version)  # even if void: the next cached build compares with it
     reason = busy_reason()
+    if reason is None and expect is not None and version != expect:
+        reason = f"recipe changed during the run ({expect} → {version}): not a cached build"
     if reason is not None:
         raise Disturbed(reason)
     return seconds
@@ -44,11 +58,12 @@ def measure(cold_runs: int = 2, cached_runs: int = 3) -> dict[str, Any]:
     from appliance.image.manifest import latest_image
 
     waits: list[dict[str, Any]] = []
+    seen: list[str] = []  # versions built or found, in order
 
-    def alone(home: Home, label: str, *args: str) -> float:
+    def alone(home: Home, label: str, *args: str, cached: bool = False) -> float:
         # Each build on its own: a disturbed one is redone, the others kept.
         def once() -> dict[str, Any]:
-            return {"s": _timed_alone(home, *args)}
+            return {"s": _timed_alone(home, *args, seen=seen, cached=cached)}
 
         done = with_retries(label, once, attempts=4)
         waits.append({"build": label, **{k: v for k, v in done.items() if k != "result"}})
@@ -60,7 +75,8 @@ def measure(cold_runs: int = 2, cached_runs: int = 3) -> dict[str, Any]:
         force = ("image", "build", "--force")
         cold = [alone(home, f"cold build {i + 1}", *force) for i in range(cold_runs)]
         cached = [
-            alone(home, f"cached build {i + 1}", "image", "build") for i in range(cached_runs)
+            alone(home, f"cached build {i + 1}", "image", "build", cached=True)
+            for i in range(cached_runs)
         ]
         image = latest_image(Settings.from_env(home.env).images_dir)
         assert image is not None
