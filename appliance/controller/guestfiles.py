@@ -89,14 +89,21 @@ def provision_seed(ctx: Context, claw: str, member: str, files: ClawFiles) -> No
     )
 
 
+def domain_uuid(settings: Settings, claw: str) -> str:
+    """Stable per (installation, claw): redefining our own domain never trips
+    libvirt's "same name, different UUID" check, while a second installation
+    on the same libvirt (a test run beside the appliance) gets other UUIDs —
+    so neither ever mistakes the other's domains for its own orphans."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"clawden:{settings.home}:{claw}"))
+
+
 def build_domain_spec(
-    claw: Claw, image: GoldenImage, files: ClawFiles, accelerator: Accelerator
+    settings: Settings, claw: Claw, image: GoldenImage, accelerator: Accelerator
 ) -> DomainSpec:
+    files = ClawFiles.for_claw(settings, claw.name)
     return DomainSpec(
         name=domain_name(claw.name),
-        # Stable per name, so redefining an existing domain never trips over
-        # libvirt's "same name, different UUID" check.
-        uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"clawden:{claw.name}")),
+        uuid=domain_uuid(settings, claw.name),
         vcpus=claw.vcpus,
         memory_mib=claw.memory_mib,
         accelerator=accelerator,

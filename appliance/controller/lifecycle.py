@@ -17,7 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from appliance.controller.context import Context, Progress, silent
-from appliance.controller.guestfiles import ClawFiles, build_domain_spec, provision_seed
+from appliance.controller.guestfiles import (
+    ClawFiles,
+    build_domain_spec,
+    domain_uuid,
+    provision_seed,
+)
 from appliance.core.model import Claw, ClawSpec, ClawState, domain_name
 from appliance.core.ports import DomainState
 from appliance.errors import ClawdenError, Conflict, InvalidInput
@@ -41,6 +46,7 @@ def _now() -> str:
 class Lifecycle:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._verified: GoldenImage | None = None
 
     # ---- entry points -------------------------------------------------
     def create(self, spec: ClawSpec, progress: Progress = silent) -> Claw:
@@ -92,11 +98,19 @@ class Lifecycle:
         self.run(ctx.ops.start(kind, name, {}, first_step=steps[0]), progress)
 
     def verified_image(self, progress: Progress = silent) -> GoldenImage:
+        """The newest golden image, its sha256 checked against the manifest.
+
+        Checked once per Lifecycle (one CLI command, one reconcile pass):
+        hashing ~400 MiB costs over a second under load, and the steps of one
+        operation all use the image that was just verified.
+        """
         image = latest_image(self.ctx.settings.images_dir)
         if image is None:
             raise ClawdenError(
                 "no golden image has been built yet", "run `clawden image build` first"
             )
+        if self._verified == image:
+            return image
         progress(f"verifying golden image {image.version}")
         try:
             verify_image(image)
@@ -105,6 +119,7 @@ class Lifecycle:
                 self.ctx.actor, "image.refused", image.version, {"reason": exc.what}
             )
             raise
+        self._verified = image
         return image
 
     # ---- the state machine runner -----------------------------------
@@ -234,7 +249,7 @@ class Lifecycle:
         image = self.verified_image()
         choice = self.ctx.pick_accelerator(image.kernel, image.initrd)
         progress(f"accelerator: {choice.accelerator.value} ({choice.note})")
-        spec = build_domain_spec(claw, image, self._files(op.claw), choice.accelerator)
+        spec = build_domain_spec(self.ctx.settings, claw, image, choice.accelerator)
         self.ctx.hypervisor.define(spec)
 
     def _boot(self, op: Operation, progress: Progress) -> None:
@@ -243,14 +258,25 @@ class Lifecycle:
         self.ctx.claws.set_state(op.claw, ClawState.RUNNING)
 
     def _shutdown(self, op: Operation, progress: Progress) -> None:
+        if not self._ours(op.claw):
+            return
         progress(f"shutting down (forced after {SHUTDOWN_TIMEOUT:.0f} s)")
         self.ctx.hypervisor.shutdown(domain_name(op.claw), timeout=SHUTDOWN_TIMEOUT)
 
     def _force_off(self, op: Operation, progress: Progress) -> None:
-        self.ctx.hypervisor.force_off(domain_name(op.claw))
+        if self._ours(op.claw):
+            self.ctx.hypervisor.force_off(domain_name(op.claw))
 
     def _undefine(self, op: Operation, progress: Progress) -> None:
-        self.ctx.hypervisor.undefine(domain_name(op.claw))
+        if self._ours(op.claw):
+            self.ctx.hypervisor.undefine(domain_name(op.claw))
+
+    def _ours(self, claw: str) -> bool:
+        """Whether ``clawden-<claw>`` is this installation's domain. Another
+        installation on the same libvirt may use the same claw name; its
+        domain must never be stopped or undefined from here."""
+        found = self.ctx.hypervisor.uuid(domain_name(claw))
+        return found is not None and found == domain_uuid(self.ctx.settings, claw)
 
     def _remove_files(self, op: Operation, progress: Progress) -> None:
         shutil.rmtree(self._files(op.claw).dir, ignore_errors=True)
@@ -266,9 +292,10 @@ class Lifecycle:
 
     def _rollback_create(self, claw: str) -> None:
         """Undo a failed create completely: no domain, disk, key, socket or row left."""
-        name = domain_name(claw)
-        self.ctx.hypervisor.force_off(name)
-        self.ctx.hypervisor.undefine(name)
+        if self._ours(claw):
+            name = domain_name(claw)
+            self.ctx.hypervisor.force_off(name)
+            self.ctx.hypervisor.undefine(name)
         shutil.rmtree(self._files(claw).dir, ignore_errors=True)
         self._delete_keys(claw)
         if self.ctx.claws.get(claw) is not None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from appliance.controller.context import Context, Progress, silent
+from appliance.controller.guestfiles import domain_uuid
 from appliance.controller.lifecycle import Lifecycle
 from appliance.core.model import DOMAIN_PREFIX, ClawState, domain_name
 from appliance.core.ports import DomainState
@@ -136,6 +137,8 @@ def _remove_orphans(ctx: Context, report: ReconcileReport, progress: Progress) -
         claw = dom[len(DOMAIN_PREFIX) :]
         if claw in known or claw in busy:
             continue
+        if ctx.hypervisor.uuid(dom) != domain_uuid(ctx.settings, claw):
+            continue  # another installation's claw on the same libvirt: not ours
         progress(f"removing orphaned domain {dom}")
         ctx.hypervisor.force_off(dom)
         ctx.hypervisor.undefine(dom)

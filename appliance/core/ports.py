@@ -61,3 +61,8 @@ class Hypervisor(Protocol):
 
     def pid(self, name: str) -> int | None:
         """PID of the QEMU process of a running domain (for resource accounting)."""
+
+    def uuid(self, name: str) -> str | None:
+        """The domain's UUID, or ``None`` when no such domain is defined. Each
+        installation derives its claws' UUIDs from its home, so the UUID tells
+        whose domain a ``clawden-*`` name is."""

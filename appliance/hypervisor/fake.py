@@ -155,6 +155,11 @@ class FakeHypervisor:
         self._check("list_domains", prefix)
         return sorted(n for n in self.domains if n.startswith(prefix))
 
+    def uuid(self, name: str) -> str | None:
+        self._check("uuid", name)
+        dom = self.domains.get(name)
+        return None if dom is None else dom.spec.uuid
+
     def pid(self, name: str) -> int | None:
         self._check("pid", name)
         dom = self.domains.get(name)

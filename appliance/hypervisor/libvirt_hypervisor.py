@@ -262,6 +262,12 @@ class LibvirtHypervisor:
 
         return self._on_domain(f"read the state of {name}", name, do, lambda: None)
 
+    def uuid(self, name: str) -> str | None:
+        def do(dom: Any) -> str | None:
+            return str(dom.UUIDString())
+
+        return self._on_domain(f"read the UUID of {name}", name, do, lambda: None)
+
     def list_domains(self, prefix: str) -> list[str]:
         def do(conn: Any) -> list[str]:
             names = (dom.name() for dom in conn.listAllDomains(0))

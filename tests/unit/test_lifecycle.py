@@ -247,3 +247,32 @@ def test_operation_owned_by_a_live_process_is_left_alone(ctx: Context) -> None:
         sleeper.kill()
         sleeper.wait()
     assert os.getpid() != sleeper.pid
+
+
+def test_two_installations_on_one_libvirt_never_touch_each_others_claws(
+    ctx: Context, tmp_path: Path
+) -> None:
+    # A test run (or a second home) beside the real appliance, same libvirtd.
+    other_settings = Settings(home=tmp_path / "other", libvirt_uri="fake:///")
+    other_settings.ensure_dirs()
+    _fake_image(other_settings.images_dir)
+    other_db = open_db(other_settings.db_path)
+    other = Context(
+        settings=other_settings,
+        db=other_db,
+        hypervisor=ctx.hypervisor,  # the same libvirt
+        pick_accelerator=ctx.pick_accelerator,
+    )
+    try:
+        Lifecycle(ctx).create(ClawSpec("alice", "Alice"))
+        # The other installation's reconcile sees clawden-alice, which its
+        # store does not know: not its orphan, so it is left alone.
+        assert reconcile(other).orphans_removed == []
+        # Same claw name over there: refused, and its rollback spares ours.
+        with pytest.raises(Conflict):
+            Lifecycle(other).create(ClawSpec("alice", "Other Alice"))
+        assert ctx.hypervisor.state("clawden-alice") is DomainState.RUNNING
+        assert other.claws.get("alice") is None
+        assert Lifecycle(ctx).verified_image().version  # ours still fine
+    finally:
+        other_db.close()
