@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlite_utils import Database
+
+from appliance.channel.egress_stub import egress_stub_service
 from appliance.channel.hostapi import host_api_service
 from appliance.channel.services import ServiceRegistry
 from appliance.config import Settings
@@ -11,6 +14,7 @@ from appliance.controller.context import AcceleratorPicker, Context
 from appliance.core.ports import AcceleratorChoice
 from appliance.hypervisor.accel import choose_accelerator
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
+from appliance.llm.gateway import llm_gateway_service
 from appliance.store import open_db
 
 
@@ -39,6 +43,12 @@ def build_context(settings: Settings | None = None, actor: str = "cli") -> Conte
     )
 
 
-def service_registry() -> ServiceRegistry:
-    """Every host service a claw can reach through its channel."""
-    return ServiceRegistry([host_api_service()])
+def service_registry(settings: Settings, db: Database) -> ServiceRegistry:
+    """Every host service a claw can reach through its channel: the host API
+    (7701) on ``db``, the controller's store; the LLM gateway (7702), which
+    opens its own connection and reads ``llm.toml`` per call, so a missing
+    upstream is an OpenAI-shaped 503 to the claw, never a failed start; and
+    the egress stub (7703), which refuses until the egress proxy exists."""
+    return ServiceRegistry(
+        [host_api_service(db), llm_gateway_service(settings), egress_stub_service()]
+    )

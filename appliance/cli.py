@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("name")
     ex.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    say = claw.add_parser("say", help="send a claw a chat message and print its reply")
+    say.add_argument("name")
+    say.add_argument("text", help="the message (quote it)")
+    say.add_argument(
+        "--timeout",
+        type=float,
+        default=1860,
+        help="seconds to wait for the reply (default 1860: the agent may queue and ask approvals)",
+    )
     console = claw.add_parser("console", help="print a claw's serial console log")
     console.add_argument("name")
     console.add_argument("--lines", type=int, default=0, help="only the last N lines")

@@ -94,7 +94,10 @@ def doctor(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from appliance.controller.daemon import Controller
 
-    controller = Controller(lambda: build_context(actor="controller"), service_registry())
+    # One context for the controller and its services: the host API serves
+    # claws from the same store connection the controller uses.
+    ctx = build_context(actor="controller")
+    controller = Controller(lambda: ctx, service_registry(ctx.settings, ctx.db))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         controller.stop()
@@ -225,6 +228,23 @@ def claw_exec(args: argparse.Namespace) -> int:
     return code if 0 <= code < 256 else 255
 
 
+def claw_say(args: argparse.Namespace) -> int:
+    name = validate_claw_name(args.name)
+    if not args.text.strip():
+        raise InvalidInput("the message is empty", f'usage: clawden claw say {name} "TEXT"')
+    if args.timeout <= 0:
+        raise InvalidInput(f"invalid --timeout {args.timeout}", "give a positive number of seconds")
+    request = {"op": "say", "claw": name, "text": args.text, "timeout": args.timeout, "wait": 60}
+    # The socket waits for the channel (60 s) and the reply, plus some slack.
+    reply = rpc.call(Settings.from_env().controller_socket, request, timeout=args.timeout + 90)
+    status = str(reply.get("status"))
+    print(printable(str(reply.get("text", ""))))
+    if status not in ("reply", "heartbeat_ok"):
+        # budget, unavailable, error, max_steps: the text explains, this names it.
+        print(f"note: the claw answered with status {printable(status)}", file=sys.stderr)
+    return 0
+
+
 def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
     """Guest output is untrusted: raw bytes to a pipe, escaped on a terminal
     (so a claw cannot drive the operator's terminal with escape sequences)."""
@@ -301,6 +321,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("claw", "status"): claw_status,
     ("claw", "destroy"): claw_destroy,
     ("claw", "exec"): claw_exec,
+    ("claw", "say"): claw_say,
     ("claw", "console"): claw_console,
     ("audit", "verify"): audit_verify,
     ("audit", "list"): audit_list,

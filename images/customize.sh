@@ -5,7 +5,9 @@
 #   customize.sh essential ROOT OVERLAY GUEST   (before the --include packages:
 #       lays the overlay down early so e.g. the initramfs config applies when
 #       linux-image-amd64 builds its initrd)
-#   customize.sh customize ROOT OVERLAY GUEST   (after everything is installed)
+#   customize.sh customize ROOT OVERLAY GUEST [SITE]   (after everything is
+#       installed; SITE is the directory the builder pip-installed
+#       guest-requirements.txt into, on the host: it becomes /opt/clawden/site)
 #   customize.sh finalize ROOT OVERLAY GUEST    (run by the builder once
 #       mmdebstrap has finished: removes the package manager)
 #
@@ -17,6 +19,7 @@ phase=$1
 root=$2
 overlay=$3
 guest=$4
+site=${5:-}
 
 # The checkout may belong to anyone and have been made under any umask:
 # install every overlay file root-owned, 0755 if git marks it executable,
@@ -95,11 +98,25 @@ rm -f "$root/var/lib/dbus/machine-id"
 : > "$root/etc/resolv.conf"
 
 # --- guest agent ------------------------------------------------------------
-rm -rf "$root/opt/clawden/guest"
+# /opt/clawden/guest: the agent; /opt/clawden/site: its Python dependencies
+# (wheels pip installed on the host; pip itself never enters the image).
+# Started by /usr/local/bin/clawden-agent.
+rm -rf "$root/opt/clawden/guest" "$root/opt/clawden/site"
 install -d -m 0755 "$root/opt/clawden"
 cp -r --no-preserve=ownership,mode "$guest" "$root/opt/clawden/guest"
-find "$root/opt/clawden/guest" -name __pycache__ -prune -exec rm -rf {} +
+if [ -n "$site" ]; then
+    cp -r --no-preserve=ownership,mode "$site" "$root/opt/clawden/site"
+fi
+find "$root/opt/clawden" -name __pycache__ -prune -exec rm -rf {} +
 find "$root/opt/clawden" -type d -exec chmod 0755 {} +
 find "$root/opt/clawden" -type f -exec chmod 0644 {} +
-# Bytecode now: the root is read-only at run time.
-in_root python3 -m compileall -q /opt/clawden/guest >/dev/null
+# Bytecode now, by the guest's own python3: the root is read-only at run time.
+in_root python3 -m compileall -q /opt/clawden >/dev/null
+# The agent must import in the image as built (catches a wheel for the wrong
+# Python or glibc, or a missing dependency, before anything boots).
+in_root env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/opt/clawden/site:/opt/clawden \
+    python3 -P -s -c 'import guest.serve, guest.model' >/dev/null
+if [ -n "$site" ]; then
+    in_root env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/opt/clawden/site \
+        python3 -P -s -c 'import openai; openai.OpenAI(api_key="x", base_url="http://127.0.0.1:9/v1").close()' >/dev/null
+fi

@@ -166,32 +166,61 @@ def disconnect(transport: paramiko.Transport) -> None:
     transport.sock.close()
 
 
+class CommandTimeout(Unavailable):
+    """A guest command ran past its timeout (its channel is closed on the way out)."""
+
+
 def run_command(
     transport: paramiko.Transport,
     command: str,
     on_stdout: Callable[[bytes], None],
     on_stderr: Callable[[bytes], None],
     timeout: float | None = None,
+    stdin: bytes | None = None,
 ) -> int:
     """Run ``command`` (a shell command line) in the guest as ``claw``, streaming
-    its output as it arrives; return its exit code (-1 if killed by a signal)."""
+    its output as it arrives; return its exit code (-1 if killed by a signal).
+
+    ``stdin``, when given, is written to the command and followed by EOF; with
+    None nothing is sent and stdin stays open (the historical behaviour of
+    ``claw exec``). A callback may raise to abandon the command: the channel
+    is closed and the exception propagates.
+    """
     chan = transport.open_session(timeout=30)
     try:
         chan.settimeout(0.2)
         chan.exec_command(command)
         deadline = None if timeout is None else time.monotonic() + timeout
+        # stdin is fed in the same loop that drains stdout: writing it all
+        # first would deadlock on a command (like `cat`) that echoes more than
+        # the SSH window holds before it reads on.
+        pending = memoryview(stdin) if stdin is not None else None
         while True:
             progressed = False
+            if pending is not None:
+                sent = _feed(chan, pending)
+                progressed = sent > 0
+                pending = None if sent < 0 else pending[sent:]
+                if pending is not None and not pending:
+                    chan.shutdown_write()  # EOF: the command sees the end of its input
+                    pending = None
             while chan.recv_ready():
                 on_stdout(chan.recv(65536))
                 progressed = True
             while chan.recv_stderr_ready():
                 on_stderr(chan.recv_stderr(65536))
                 progressed = True
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            # sshd may send the exit status before the last of the output:
+            # only the channel's EOF (or close) says all output has arrived.
+            if (
+                chan.exit_status_ready()
+                and (chan.eof_received or chan.closed)
+                and not chan.recv_ready()
+                and not chan.recv_stderr_ready()
+            ):
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise Unavailable(
+                raise CommandTimeout(
                     f"command did not finish within {timeout:.0f} s",
                     "raise --timeout or simplify the command",
                 )
@@ -200,3 +229,20 @@ def run_command(
         return chan.recv_exit_status()
     finally:
         chan.close()
+
+
+def _feed(chan: paramiko.Channel, data: memoryview) -> int:
+    """Send what the channel's window takes now, without blocking; -1 when the
+    command no longer accepts input (it exited or closed its stdin)."""
+    if chan.exit_status_ready() or chan.closed:
+        return -1
+    sent = 0
+    try:
+        while sent < len(data) and chan.send_ready():
+            n = chan.send(data[sent : sent + 32768].tobytes())
+            if n <= 0:
+                break
+            sent += n
+    except OSError:
+        return -1  # the remote end closed: the rest of the input is not wanted
+    return sent

@@ -13,19 +13,23 @@ import os
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import paramiko
 
 from appliance.channel.manager import ChannelManager, ClawConnection
 from appliance.channel.services import ServiceRegistry
 from appliance.channel.transport import ChannelTarget, run_command
 from appliance.controller.context import Context
+from appliance.controller.delivery import AGENT_COMMAND, DEFAULT_TIMEOUT, converse
 from appliance.controller.guestfiles import channel_target
 from appliance.controller.reconcile import RetryGate, reconcile
 from appliance.controller.rpc import Reply, RpcServer, encode_chunk
-from appliance.core.model import ClawState, domain_name
+from appliance.core.model import ClawState, domain_name, validate_claw_name
 from appliance.core.ports import DomainState
-from appliance.errors import ClawdenError, NotFound
+from appliance.errors import ClawdenError, InvalidInput, NotFound, Unavailable
+from appliance.messages import MessageRepository
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ class Controller:
         context_factory: Callable[[], Context],
         registry: ServiceRegistry,
         say: Callable[[str], None] = print,
+        agent_command: Sequence[str] = AGENT_COMMAND,
     ) -> None:
         # One Context (one SQLite connection) for every thread: the store
         # serialises access itself, and opening more connections per request
@@ -48,6 +53,9 @@ class Controller:
         self._stop = threading.Event()
         self._sync_lock = threading.Lock()
         self._gate = RetryGate()
+        self._messages = MessageRepository(self._ctx.db)
+        # The guest command events are delivered to; tests point it elsewhere.
+        self._agent_command = tuple(agent_command)
         self.channels = ChannelManager(registry, self._target_for, self._audit_event)
         self._rpc = RpcServer(
             self._ctx.settings.controller_socket,
@@ -57,6 +65,7 @@ class Controller:
                 "wait_ready": self._wait_ready,
                 "exec": self._exec,
                 "reconnect": self._reconnect,
+                "say": self._op_say,
             },
         )
 
@@ -186,6 +195,14 @@ class Controller:
         st = conn.status()
         return {"ready": ready, "state": st.state.value, "last_error": st.last_error}
 
+    def transport_for(self, claw: str, wait: float = 30.0) -> paramiko.Transport:
+        """The claw's live transport, waiting up to ``wait`` s for its channel
+        (for ``ChannelDelivery``); raises a ClawdenError saying why not."""
+        conn, _ = self._ready_connection(claw, wait)
+        if conn is None:
+            conn = self._connection(claw)  # raises the informative NotFound
+        return conn.transport()
+
     def _exec(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
         claw = str(request["claw"])
         argv = [str(a) for a in request["argv"]]
@@ -200,6 +217,14 @@ class Controller:
             lambda b: send({"stderr": encode_chunk(b)}),
             timeout=None if timeout is None else float(timeout),
         )
+        if code < 0:
+            # No exit status came back: the command was killed by a signal, or
+            # the channel dropped under it (guest stopped, reboot).
+            raise Unavailable(
+                f"the command in claw {claw!r} ended without an exit status "
+                "(killed by a signal, or the channel dropped)",
+                f"check `clawden claw status {claw}`; the command may or may not have finished",
+            )
         return {"exit": code}
 
     def _reconnect(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
@@ -208,3 +233,29 @@ class Controller:
         self.channels.drop(claw)
         self._connection(claw)
         return {"reconnecting": claw}
+
+    def _op_say(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
+        """Deliver a chat message from the operator; both sides are stored."""
+        claw = validate_claw_name(str(request.get("claw", "")))
+        text = request.get("text")
+        channel = str(request.get("channel") or "cli")
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("the message is empty", f'usage: clawden claw say {claw} "TEXT"')
+        timeout = float(request.get("timeout") or DEFAULT_TIMEOUT)
+        # Validate and reach the claw before storing anything: a message that
+        # was never attempted is not left behind as undelivered.
+        transport = self.transport_for(claw, float(request.get("wait", 0)))
+        talk = converse(
+            self._messages,
+            transport,
+            claw,
+            text,
+            channel=channel,
+            timeout=timeout,
+            command=self._agent_command,
+        )
+        return {
+            **talk.reply,
+            "in_id": talk.inbound.id,
+            "out_id": None if talk.outbound is None else talk.outbound.id,
+        }

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,13 @@ from appliance.image.tools import require_tool, run_tool, stream_tool
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MIRROR_ENV = "CLAWDEN_DEBIAN_MIRROR"
 GUEST_DIR = Path(appliance.__file__).parent / "guest"
+# The guest agent's Python dependencies (openai and its closure), pinned with
+# hashes; installed by pip on the host into /opt/clawden/site of the image.
+GUEST_REQUIREMENTS = "guest-requirements.txt"
+# Wheels for the guest's interpreter, whatever Python runs the build: bookworm's
+# CPython 3.11 on x86_64 with glibc 2.36, so manylinux_2_36 down to _2_17.
+_GUEST_PYTHON = ("--python-version", "3.11", "--implementation", "cp", "--abi", "cp311")
+_GUEST_PLATFORMS = tuple(f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1))
 
 # Free space on top of the files: the root is read-only, this only has to
 # absorb ext4 metadata so `mkfs.ext4 -d` never runs out of room.
@@ -85,12 +95,81 @@ def _remove_build_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _pip_args(requirements: Path, target: Path) -> list[str]:
+    """pip, run by the builder's own interpreter, installing the guest's wheels.
+
+    Wheels only (``--only-binary``): no package code runs on the host at
+    install time and no compiler is needed anywhere. ``--require-hashes``
+    makes the requirements file the whole truth: every distribution pip
+    installs must be listed there with the sha256 of its file. Bytecode is
+    compiled later by the guest's own python3, in the chroot.
+    """
+    args = [
+        sys.executable, "-m", "pip", "install",
+        "--no-cache-dir", "--no-input", "--disable-pip-version-check",
+        "--root-user-action=ignore", "--no-warn-script-location",
+        "--require-hashes", "--only-binary=:all:", "--no-compile",
+        *_GUEST_PYTHON,
+    ]  # fmt: skip
+    for platform in _GUEST_PLATFORMS:
+        args += ["--platform", platform]
+    args += ["--target", str(target), "-r", str(requirements)]
+    return args
+
+
+def _install_guest_python(recipe_dir: Path, site: Path, progress: Progress) -> dict[str, str]:
+    """Install the pinned guest packages into ``site``; return {name: version}.
+
+    Does nothing (and returns ``{}``) for a recipe without a requirements file.
+    """
+    requirements = recipe_dir / GUEST_REQUIREMENTS
+    if not requirements.is_file():
+        return {}
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "--version"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        raise ClawdenError(
+            f"pip is not available to {sys.executable}; it installs the guest's Python packages",
+            "install pip for the Python that runs clawden (apt-get install python3-pip, "
+            "or run clawden from its virtualenv)",
+        )
+    progress(f"guest python: pip installing {requirements.name} (wheels, hash-checked)")
+    run_tool(
+        _pip_args(requirements, site),
+        "installing the guest's Python packages (pip)",
+        f"check that PyPI (or the pip index configured on the host) is reachable and that "
+        f"images/{GUEST_REQUIREMENTS} pins every dependency with the right hash",
+    )
+    # Console scripts carry the host interpreter's path in their #! line; the
+    # agent never runs them.
+    shutil.rmtree(site / "bin", ignore_errors=True)
+    return _site_packages(site)
+
+
+def _site_packages(site: Path) -> dict[str, str]:
+    """{normalised name: version} of the distributions pip put in ``site``."""
+    found: dict[str, str] = {}
+    for metadata in sorted(site.glob("*.dist-info/METADATA")):
+        headers = HeaderParser().parsestr(metadata.read_text(errors="replace"))
+        name, version = headers.get("Name"), headers.get("Version")
+        if name and version:
+            found[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return found
+
+
 def _mmdebstrap_args(
-    recipe_dir: Path, guest_dir: Path, rootfs: Path, mirror: str, apt_cache: Path | None
+    recipe_dir: Path,
+    guest_dir: Path,
+    rootfs: Path,
+    mirror: str,
+    apt_cache: Path | None,
+    site_dir: Path | None = None,
 ) -> list[str]:
     script = shlex.quote(str((recipe_dir / "customize.sh").resolve()))
     overlay = shlex.quote(str((recipe_dir / "overlay").resolve()))
     guest = shlex.quote(str(guest_dir.resolve()))
+    site = shlex.quote(str(site_dir.resolve())) if site_dir is not None else "''"
     args = [
         "mmdebstrap",
         "--variant=minbase",
@@ -111,7 +190,7 @@ def _mmdebstrap_args(
             f"--setup-hook=sync-in {cache} /var/cache/apt/archives/",
             f"--customize-hook=sync-out /var/cache/apt/archives {cache}",
         ]
-    args.append(f'--customize-hook=sh {script} customize "$1" {overlay} {guest}')
+    args.append(f'--customize-hook=sh {script} customize "$1" {overlay} {guest} {site}')
     args += [mf.SUITE, str(rootfs), mirror]
     return args
 
@@ -174,11 +253,14 @@ def _make_root_fs(rootfs: Path, raw: Path) -> int:
     used, inodes = _du_bytes(rootfs)
     size_mib = int(used * _HEADROOM_RATIO / (1 << 20)) + _HEADROOM_MIB
     # No journal: the root is mounted read-only in every claw and never written.
-    # No reserved blocks for the same reason.
+    # No reserved blocks for the same reason. 1 KiB blocks whatever the size
+    # (mke2fs would switch to 4 KiB above 512 MiB): the root is some 17 000
+    # mostly small files (Python sources and bytecode), and 4 KiB blocks cost
+    # about 30 MiB more in the qcow2 for nothing.
     run_tool(
         [
             "mkfs.ext4", "-q", "-F", "-L", "clawroot", "-m", "0", "-O", "^has_journal",
-            "-N", str(int(inodes * 1.2) + 1024), "-d", rootfs, raw, f"{size_mib}M",
+            "-b", "1024", "-N", str(int(inodes * 1.2) + 1024), "-d", rootfs, raw, f"{size_mib}M",
         ],
         "creating the root file system",
         "check free space in the images directory",
@@ -273,10 +355,20 @@ def _build_in(
     out.mkdir(mode=0o755)
     out.chmod(0o755)
 
+    # Before the bootstrap: a missing or mismatched pin fails in seconds.
+    phase = time.monotonic()
+    site = work / "site"
+    guest_python = _install_guest_python(recipe_dir, site, progress)
+    guest_python_s = time.monotonic() - phase
+    if guest_python:
+        progress(f"guest python: {len(guest_python)} packages in {guest_python_s:.1f}s")
+
     progress(f"bootstrapping Debian {mf.SUITE} (mmdebstrap minbase) from {mirror}")
     phase = time.monotonic()
     stream_tool(
-        _mmdebstrap_args(recipe_dir, guest_dir, rootfs, mirror, apt_cache),
+        _mmdebstrap_args(
+            recipe_dir, guest_dir, rootfs, mirror, apt_cache, site if guest_python else None
+        ),
         lambda line: progress(f"  {line}"),
         "mmdebstrap",
         "read the lines above; check that the Debian mirror is reachable",
@@ -287,6 +379,7 @@ def _build_in(
         "fix images/customize.sh and rebuild",
     )
     bootstrap_s = time.monotonic() - phase
+    shutil.rmtree(site, ignore_errors=True)
 
     packages = _packages(rootfs)
     release = _take_boot_files(rootfs, out)
@@ -322,6 +415,7 @@ def _build_in(
         "bootstrap_seconds": round(bootstrap_s, 1),
         "artefacts": artefacts,
         "packages": packages,
+        "guest_python": guest_python,
     }
     mf.write_manifest(out, manifest)
     _replace_dir(out, target)

@@ -28,7 +28,8 @@ ARTEFACTS = (GOLDEN, KERNEL, INITRD)
 
 # Bump when the build procedure changes in a way the recipe files do not show
 # (mkfs options, the mmdebstrap command line): it changes every version.
-BUILD_FORMAT = "clawden-image-1"
+# 2: the root ext4 always has 1 KiB blocks (`mkfs.ext4 -b 1024`).
+BUILD_FORMAT = "clawden-image-2"
 
 REBUILD_FIX = "rebuild with `clawden image build --force`"
 

@@ -1,0 +1,305 @@
+"""Delivering events to a claw's agent: one SSH exec per event, JSON in and out.
+
+The guest has no listening socket; the host runs ``clawden-agent deliver`` as
+``claw`` over the claw's channel, writes one JSON event to its stdin and reads
+one JSON line back (docs/agent.md, "Delivery"). Everything that comes back is
+untrusted — a claw's model, or a compromised guest, wrote it — so the reply is
+size-capped, parsed strictly, reduced to known fields of known types, and
+stored or shown only as data (escaping happens wherever it is displayed).
+
+``deliver_event`` is the primitive; ``converse`` is the controller's ``say``
+(a message in, its reply out, both stored); ``ChannelDelivery`` is the
+scheduler's ``Delivery`` port on top of it, for the controller to wire in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+
+from appliance.channel.transport import CommandTimeout, run_command
+from appliance.errors import ClawdenError, InvalidInput, Unavailable
+from appliance.messages import MAX_TEXT_BYTES, Message, MessageRepository, check_text
+from appliance.schedule.model import Job, JobKind, parse_heartbeat
+from appliance.schedule.runner import DeliveryResult
+from appliance.textsafe import printable
+
+log = logging.getLogger(__name__)
+
+# The image installs this wrapper around `python3 -m guest.serve`.
+AGENT_COMMAND: tuple[str, ...] = ("clawden-agent", "deliver")
+# The agent waits up to 900 s for another delivery's lock and an approval may
+# take 900 s more (docs/agent.md): a shorter exec would abandon live work.
+DEFAULT_TIMEOUT = 1860.0
+MAX_EVENT_BYTES = 1024 * 1024  # what the agent reads at most
+# One reply line carries the model's final text; anything much larger than a
+# message can be is a broken or hostile agent, and is not buffered further.
+MAX_REPLY_BYTES = 256 * 1024
+_STDERR_KEPT = 4096
+_ERROR_TEXT = 500  # characters of an agent's error message we pass on
+
+REPLY_STATUSES = frozenset({"reply", "heartbeat_ok", "max_steps", "budget", "unavailable", "error"})
+_COUNTERS = ("model_calls", "tool_calls", "prompt_tokens", "completion_tokens", "trimmed")
+
+Reply = dict[str, Any]
+
+
+class AgentError(ClawdenError):
+    """The agent answered with an error, or with something that is not a reply."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _ERROR_TEXT else text[:_ERROR_TEXT] + "…"
+
+
+def _check_event(event: dict[str, Any]) -> bytes:
+    if not isinstance(event, dict) or event.get("type") not in ("message", "schedule", "heartbeat"):
+        raise InvalidInput(
+            "an event needs a type: message, schedule or heartbeat", "fix the caller"
+        )
+    data = json.dumps(event, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    if len(data) > MAX_EVENT_BYTES:
+        raise InvalidInput(
+            f"the event is {len(data)} bytes, the agent reads at most {MAX_EVENT_BYTES}",
+            "send a shorter message",
+        )
+    return data
+
+
+def _one_json_line(raw: bytes, claw: str) -> Any:
+    def bad(why: str) -> AgentError:
+        return AgentError(
+            f"claw {claw!r}'s agent sent a malformed reply ({why})",
+            f"check the agent in the image; `clawden claw console {claw}` may show why",
+        )
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("not UTF-8") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise bad(f"{len(lines)} lines instead of one")
+    try:
+        return json.loads(lines[0])
+    except ValueError:
+        raise bad("not JSON") from None
+
+
+def _reply(data: Any, claw: str) -> Reply:
+    """Keep the known fields of a success reply, checking each one's type."""
+    if (
+        not isinstance(data, dict)
+        or data.get("status") not in REPLY_STATUSES
+        or not isinstance(data.get("text"), str)
+    ):
+        raise AgentError(
+            f"claw {claw!r}'s agent sent a reply without a known status and a text",
+            "the image and the host disagree on docs/agent.md: rebuild the image",
+        )
+    reply: Reply = {"text": data["text"], "status": data["status"]}
+    for key in _COUNTERS:
+        value = data.get(key, 0)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        reply[key] = value if ok else 0
+    return reply
+
+
+def _failure(code: int, data: Any, claw: str) -> ClawdenError:
+    """The ClawdenError for an agent that exited non-zero (codes: docs/agent.md)."""
+    err = data.get("error") if isinstance(data, dict) else None
+    message = _cut(str(err.get("message", ""))) if isinstance(err, dict) else ""
+    kind = _cut(str(err.get("type", ""))) if isinstance(err, dict) else ""
+    if code == 2:
+        return InvalidInput(
+            f"claw {claw!r} refused the event: {message or 'bad event'}",
+            "the host sent something the agent does not accept; report this as a bug",
+        )
+    if code == 3:
+        return Unavailable(
+            f"claw {claw!r} is busy with another delivery ({message or 'lock not obtained'})",
+            "retry once its current task is done",
+        )
+    if code == 127:
+        return Unavailable(
+            f"claw {claw!r} has no agent: `{AGENT_COMMAND[0]}` is not installed in its image",
+            "build a newer image (`clawden image build`), then stop and start the claw",
+        )
+    if code == -1:
+        return Unavailable(
+            f"claw {claw!r}'s agent was killed before it replied",
+            f"retry; if it keeps happening read `clawden claw console {claw}`",
+        )
+    what = f"{kind}: {message}" if kind or message else "no details"
+    return AgentError(
+        f"claw {claw!r}'s agent failed with exit code {code} ({what})",
+        "retry; the traceback is in the controller's log",
+    )
+
+
+def deliver_event(
+    transport: paramiko.Transport,
+    event: dict[str, Any],
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    command: Sequence[str] = AGENT_COMMAND,
+    claw: str = "?",
+) -> Reply:
+    """Run the agent's ``deliver`` command with ``event`` on stdin; return its
+    reply (``text``, ``status`` and the counters), or raise a ClawdenError."""
+    payload = _check_event(event)
+    out = bytearray()
+    err = bytearray()
+
+    def on_stdout(chunk: bytes) -> None:
+        out.extend(chunk)
+        if len(out) > MAX_REPLY_BYTES:
+            raise _TooLarge  # closes the channel: the rest is not read
+
+    def on_stderr(chunk: bytes) -> None:
+        err.extend(chunk)
+        del err[:-_STDERR_KEPT]
+
+    try:
+        code = run_command(
+            transport, shlex.join(command), on_stdout, on_stderr, timeout=timeout, stdin=payload
+        )
+    except _TooLarge:
+        raise AgentError(
+            f"claw {claw!r}'s agent sent more than {MAX_REPLY_BYTES} bytes instead of one reply",
+            "check the agent in the image; the reply was dropped",
+        ) from None
+    except CommandTimeout:
+        raise Unavailable(
+            f"claw {claw!r} did not reply within {timeout:.0f} s",
+            "it may still be working (its history keeps the message); retry with a longer "
+            "--timeout",
+        ) from None
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise Unavailable(
+            f"the channel to claw {claw!r} dropped during the delivery ({type(exc).__name__})",
+            f"check `clawden claw status {claw}` and retry",
+        ) from None
+    if code != 0:
+        if err:
+            # Guest text: escaped, newlines too, so it cannot forge log lines.
+            log.warning(
+                "claw %s: agent exited %d: %s",
+                claw,
+                code,
+                printable(err.decode("utf-8", "replace")).replace("\n", "\\n"),
+            )
+        try:
+            data = _one_json_line(bytes(out), claw)
+        except AgentError:
+            data = None
+        raise _failure(code, data, claw)
+    return _reply(_one_json_line(bytes(out), claw), claw)
+
+
+def fit_message(text: str) -> str:
+    """``text`` cut to what a stored message may hold (whole characters), marked."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_TEXT_BYTES:
+        return text
+    note = f"\n[… cut: the reply was {len(raw)} bytes]"
+    keep = raw[: MAX_TEXT_BYTES - len(note.encode())]
+    return keep.decode("utf-8", "ignore") + note
+
+
+@dataclass(frozen=True)
+class Conversation:
+    inbound: Message
+    reply: Reply
+    outbound: Message | None  # None for a HEARTBEAT_OK reply, which is not stored
+
+
+def converse(
+    messages: MessageRepository,
+    transport: paramiko.Transport,
+    claw: str,
+    text: str,
+    *,
+    channel: str = "cli",
+    sender: str = "operator",
+    timeout: float = DEFAULT_TIMEOUT,
+    command: Sequence[str] = AGENT_COMMAND,
+) -> Conversation:
+    """Store a message to ``claw``, deliver it, store and return the reply.
+
+    The inbound message is stored first and marked delivered once the agent
+    has answered, so a failed delivery leaves an honest undelivered record.
+    The reply is returned to the caller on ``channel`` right away, so it is
+    stored as delivered.
+    """
+    check_text(text)
+    if not text.strip():
+        raise InvalidInput("the message is empty", "say something")
+    inbound = messages.add(claw, "in", channel, sender, text, kind="chat")
+    event = {"type": "message", "text": text, "channel": channel, "sender": sender}
+    reply = deliver_event(transport, event, timeout, command=command, claw=claw)
+    messages.mark_delivered(inbound.id)
+    outbound = None
+    if reply["status"] != "heartbeat_ok":
+        outbound = messages.add(
+            claw, "out", channel, claw, fit_message(reply["text"]), kind="chat", delivered=True
+        )
+    return Conversation(inbound, reply, outbound)
+
+
+def schedule_event(job: Job, reason: str) -> dict[str, Any]:
+    """The event for one run of ``job`` (a heartbeat carries only its model)."""
+    if job.kind is JobKind.HEARTBEAT:
+        model = parse_heartbeat(job.spec).model
+        return {"type": "heartbeat", **({"model": model} if model else {})}
+    text = job.text
+    if reason == "missed":
+        text = f"(delivered late: the host was down at the scheduled time)\n{text}"
+    return {"type": "schedule", "text": text, "channel": "schedule"}
+
+
+TransportFor = Callable[[str], paramiko.Transport]
+
+
+class ChannelDelivery:
+    """The scheduler's ``Delivery`` over the claws' channels.
+
+    ``transport_for(claw)`` returns the claw's live transport or raises (the
+    controller's connection lookup); a ClawdenError from it or the delivery
+    becomes the job's ``failed: …`` status in the runner.
+    """
+
+    def __init__(
+        self,
+        transport_for: TransportFor,
+        timeout: float = DEFAULT_TIMEOUT,
+        command: Sequence[str] = AGENT_COMMAND,
+    ) -> None:
+        self._transport_for = transport_for
+        self.timeout = timeout
+        self.command = tuple(command)
+
+    def deliver(self, job: Job, reason: str) -> DeliveryResult:
+        transport = self._transport_for(job.claw)
+        reply = deliver_event(
+            transport,
+            schedule_event(job, reason),
+            self.timeout,
+            command=self.command,
+            claw=job.claw,
+        )
+        detail = f"{reply['status']}, {reply['model_calls']} model calls"
+        if reply["status"] == "heartbeat_ok":
+            # The runner recognises this text and does not forward it.
+            return DeliveryResult(True, "HEARTBEAT_OK", detail)
+        return DeliveryResult(True, fit_message(reply["text"]), detail)

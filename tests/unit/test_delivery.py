@@ -1,0 +1,375 @@
+"""Delivering events to a claw's agent over a real sshd (socat-bridged, no VM).
+
+The "guest" is this machine, so the agent is a small script (``FAKE_AGENT``)
+that answers the way docs/agent.md says ``clawden-agent deliver`` does, in a
+mode chosen by its argument.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from appliance.channel.services import ServiceRegistry
+from appliance.channel.transport import ChannelTarget, open_transport, run_command
+from appliance.config import Settings
+from appliance.controller import rpc
+from appliance.controller.context import Context
+from appliance.controller.daemon import Controller
+from appliance.controller.delivery import (
+    MAX_REPLY_BYTES,
+    AgentError,
+    ChannelDelivery,
+    converse,
+    deliver_event,
+    fit_message,
+    schedule_event,
+)
+from appliance.core.model import Claw, ClawState
+from appliance.core.ports import AcceleratorChoice, DomainState
+from appliance.errors import InvalidInput, Unavailable
+from appliance.hypervisor.domain import Accelerator
+from appliance.hypervisor.fake import FakeHypervisor
+from appliance.messages import MAX_TEXT_BYTES, MessageRepository
+from appliance.schedule.model import CreatedBy, Job, JobKind
+from appliance.store import open_db
+from tests.support.local_sshd import LocalSshd, local_sshd, sshd_available
+
+pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs openssh-server and socat")
+
+FAKE_AGENT = r"""
+import json, sys, time
+mode = sys.argv[1]
+event = json.loads(sys.stdin.read())
+def out(payload, code=0):
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.exit(code)
+if mode == "echo":
+    out({"text": "you said: " + event.get("text", "") + " via " + event.get("channel", "")
+         + " from " + event.get("sender", ""), "status": "reply", "model_calls": 1,
+         "tool_calls": 0, "prompt_tokens": 10, "completion_tokens": 3, "trimmed": 0,
+         "extra": "dropped"})
+if mode == "event":
+    out({"text": json.dumps(event), "status": "reply"})
+if mode == "heartbeat_ok":
+    out({"text": "HEARTBEAT_OK", "status": "heartbeat_ok", "model_calls": 1})
+if mode == "escape":
+    out({"text": "\x1b[2Jgotcha\nline two", "status": "budget", "model_calls": -4})
+if mode == "busy":
+    out({"error": {"type": "busy", "message": "another delivery held the lock for 900 s"}}, 3)
+if mode == "bad_event":
+    out({"error": {"type": "bad_event", "message": "a message event needs text"}}, 2)
+if mode == "internal":
+    sys.stderr.write("Traceback: boom\n")
+    out({"error": {"type": "internal", "message": "ZeroDivisionError"}}, 1)
+if mode == "garbage":
+    print("this is not json")
+if mode == "two_lines":
+    print("{}")
+    out({"text": "a", "status": "reply"})
+if mode == "unknown_status":
+    out({"text": "a", "status": "approved"})
+if mode == "huge":
+    sys.stdout.write("x" * (2 * 1024 * 1024))
+if mode == "long_reply":
+    out({"text": "é" * 40000, "status": "reply"})
+if mode == "slow":
+    time.sleep(30)
+"""
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[LocalSshd]:
+    with local_sshd(tmp_path / "sshd") as server:
+        yield server
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Path:
+    script = tmp_path / "fake_agent.py"
+    script.write_text(FAKE_AGENT)
+    return script
+
+
+def _cmd(agent: Path, mode: str) -> list[str]:
+    return [sys.executable, str(agent), mode]
+
+
+def _target(server: LocalSshd, claw: str) -> ChannelTarget:
+    return ChannelTarget(
+        claw=claw,
+        socket_path=server.socket_path,
+        pinned_host_key=server.host_public,
+        client_key=paramiko.Ed25519Key.from_private_key(io.StringIO(server.client_private)),
+        user=server.user,
+    )
+
+
+@pytest.fixture
+def transport(sshd: LocalSshd) -> Iterator[paramiko.Transport]:
+    t = open_transport(_target(sshd, "alice"), timeout=10)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def messages(tmp_path: Path) -> Iterator[MessageRepository]:
+    db = open_db(tmp_path / "store.db")
+    yield MessageRepository(db)
+    db.close()
+
+
+# ---- run_command's stdin -------------------------------------------------------
+def test_stdin_reaches_the_command_and_ends_with_eof(transport: paramiko.Transport) -> None:
+    out: list[bytes] = []
+    data = bytes(range(256)) * 4096 + b"end"  # 1 MiB: more than one SSH window
+    code = run_command(transport, "cat; echo done >&2", out.append, lambda b: None, stdin=data)
+    assert code == 0
+    assert b"".join(out) == data
+
+
+def test_empty_stdin_is_just_eof(transport: paramiko.Transport) -> None:
+    out: list[bytes] = []
+    assert run_command(transport, "wc -c", out.append, lambda b: None, stdin=b"") == 0
+    assert b"".join(out).strip() == b"0"
+
+
+def test_a_command_that_ignores_stdin_still_finishes(transport: paramiko.Transport) -> None:
+    out: list[bytes] = []
+    code = run_command(transport, "echo hi", out.append, lambda b: None, stdin=b"x" * 5_000_000)
+    assert code == 0 and b"".join(out) == b"hi\n"
+
+
+# ---- deliver_event ---------------------------------------------------------------
+def test_a_reply_is_parsed_and_reduced_to_known_fields(
+    transport: paramiko.Transport, agent: Path
+) -> None:
+    event = {"type": "message", "text": "hi", "channel": "cli", "sender": "operator"}
+    reply = deliver_event(transport, event, 30, command=_cmd(agent, "echo"), claw="alice")
+    assert reply == {
+        "text": "you said: hi via cli from operator",
+        "status": "reply",
+        "model_calls": 1,
+        "tool_calls": 0,
+        "prompt_tokens": 10,
+        "completion_tokens": 3,
+        "trimmed": 0,
+    }
+
+
+def test_untrusted_reply_text_is_kept_as_data_and_bad_counters_zeroed(
+    transport: paramiko.Transport, agent: Path
+) -> None:
+    event = {"type": "heartbeat"}
+    reply = deliver_event(transport, event, 30, command=_cmd(agent, "escape"), claw="alice")
+    assert reply["text"] == "\x1b[2Jgotcha\nline two"  # escaping is the display's job
+    assert reply["status"] == "budget" and reply["model_calls"] == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "words"),
+    [
+        ("busy", Unavailable, "busy with another delivery"),
+        ("bad_event", InvalidInput, "refused the event: a message event needs text"),
+        ("internal", AgentError, "exit code 1 (internal: ZeroDivisionError)"),
+        ("garbage", AgentError, "malformed reply (not JSON)"),
+        ("two_lines", AgentError, "malformed reply (2 lines instead of one)"),
+        ("unknown_status", AgentError, "without a known status"),
+        ("huge", AgentError, f"more than {MAX_REPLY_BYTES} bytes"),
+    ],
+)
+def test_agent_failures_are_clear_errors(
+    transport: paramiko.Transport, agent: Path, mode: str, error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error) as info:
+        deliver_event(transport, {"type": "heartbeat"}, 30, command=_cmd(agent, mode), claw="alice")
+    assert words in str(info.value)
+    assert "alice" in str(info.value)
+
+
+def test_a_missing_agent_says_to_rebuild_the_image(transport: paramiko.Transport) -> None:
+    with pytest.raises(Unavailable, match="no agent.*clawden image build"):
+        deliver_event(transport, {"type": "heartbeat"}, 30, command=["no-such-agent-xyz"])
+
+
+def test_a_slow_agent_times_out_clearly(transport: paramiko.Transport, agent: Path) -> None:
+    with pytest.raises(Unavailable, match="did not reply within 1 s"):
+        deliver_event(transport, {"type": "heartbeat"}, 1, command=_cmd(agent, "slow"))
+
+
+def test_bad_events_are_refused_before_anything_runs(transport: paramiko.Transport) -> None:
+    with pytest.raises(InvalidInput, match="needs a type"):
+        deliver_event(transport, {"type": "wat"}, 5, command=["false"])
+    with pytest.raises(InvalidInput, match="at most"):
+        deliver_event(transport, {"type": "message", "text": "x" * 2_000_000}, 5)
+
+
+# ---- converse (the say op's core) and the scheduler's Delivery -----------------
+def test_converse_stores_both_sides(
+    transport: paramiko.Transport, agent: Path, messages: MessageRepository
+) -> None:
+    talk = converse(messages, transport, "alice", "hello", command=_cmd(agent, "echo"))
+    stored = messages.list("alice")
+    assert [(m.direction, m.channel, m.sender, m.kind, m.text, m.delivered) for m in stored] == [
+        ("in", "cli", "operator", "chat", "hello", True),
+        ("out", "cli", "alice", "chat", "you said: hello via cli from operator", True),
+    ]
+    assert talk.outbound is not None and talk.outbound.id == stored[1].id
+
+
+def test_converse_does_not_store_heartbeat_ok(
+    transport: paramiko.Transport, agent: Path, messages: MessageRepository
+) -> None:
+    talk = converse(messages, transport, "alice", "ping", command=_cmd(agent, "heartbeat_ok"))
+    assert talk.outbound is None and talk.reply["status"] == "heartbeat_ok"
+    assert [m.direction for m in messages.list("alice")] == ["in"]
+
+
+def test_a_failed_delivery_leaves_the_message_undelivered(
+    transport: paramiko.Transport, agent: Path, messages: MessageRepository
+) -> None:
+    with pytest.raises(Unavailable):
+        converse(messages, transport, "alice", "hello", command=_cmd(agent, "busy"))
+    [inbound] = messages.list("alice")
+    assert inbound.direction == "in" and not inbound.delivered
+
+
+def test_a_reply_too_long_for_a_message_is_cut_and_marked(
+    transport: paramiko.Transport, agent: Path, messages: MessageRepository
+) -> None:
+    talk = converse(messages, transport, "alice", "talk", command=_cmd(agent, "long_reply"))
+    assert talk.outbound is not None
+    assert len(talk.outbound.text.encode()) <= MAX_TEXT_BYTES
+    assert talk.outbound.text.endswith("[… cut: the reply was 80000 bytes]")
+    assert fit_message("short") == "short"
+
+
+def _job(kind: JobKind, spec: str = "", text: str = "Plan the week.") -> Job:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    return Job(7, "alice", kind, spec, "UTC", text, CreatedBy.OPERATOR, True, now, now)
+
+
+def test_schedule_events_follow_the_agent_contract() -> None:
+    assert schedule_event(_job(JobKind.HEARTBEAT, "every=30m model=mini"), "scheduled") == {
+        "type": "heartbeat",
+        "model": "mini",
+    }
+    assert schedule_event(_job(JobKind.CRON, "0 9 * * *"), "scheduled") == {
+        "type": "schedule",
+        "text": "Plan the week.",
+        "channel": "schedule",
+    }
+    assert "delivered late" in schedule_event(_job(JobKind.CRON, "0 9 * * *"), "missed")["text"]
+
+
+def test_channel_delivery_implements_the_scheduler_port(
+    transport: paramiko.Transport, agent: Path
+) -> None:
+    asked: list[str] = []
+
+    def transport_for(claw: str) -> paramiko.Transport:
+        asked.append(claw)
+        return transport
+
+    ok = ChannelDelivery(transport_for, 30, _cmd(agent, "heartbeat_ok"))
+    result = ok.deliver(_job(JobKind.HEARTBEAT), "scheduled")
+    assert (result.ok, result.reply) == (True, "HEARTBEAT_OK")
+    echo = ChannelDelivery(transport_for, 30, _cmd(agent, "event"))
+    result = echo.deliver(_job(JobKind.AT, "2026-01-02T09:00"), "scheduled")
+    assert result.reply is not None and '"type": "schedule"' in result.reply
+    assert "reply, 0 model calls" == result.detail
+    assert asked == ["alice", "alice"]
+
+
+# ---- the controller's say op, end to end ---------------------------------------
+class _RunningHypervisor(FakeHypervisor):
+    """Every claw's domain runs (the claws' "guest" is the local sshd)."""
+
+    def state(self, name: str) -> DomainState | None:
+        return DomainState.RUNNING
+
+
+class _HarnessController(Controller):
+    sshd: LocalSshd
+
+    def _target_for(self, claw: str) -> ChannelTarget:
+        return _target(self.sshd, claw)
+
+
+@pytest.fixture
+def controller(tmp_path: Path, sshd: LocalSshd, agent: Path) -> Iterator[_HarnessController]:
+    settings = Settings(home=tmp_path / "home", libvirt_uri="fake:///")
+    settings.ensure_dirs()
+    db = open_db(settings.db_path)
+    ctx = Context(
+        settings=settings,
+        db=db,
+        hypervisor=_RunningHypervisor(),
+        pick_accelerator=lambda k, i: AcceleratorChoice(Accelerator.TCG, "test"),
+        actor="controller",
+    )
+    ctx.claws.add(Claw("alice", "Alice", ClawState.RUNNING, "img", 1, 512, "2026-01-01"))
+    _HarnessController.sshd = sshd
+    ctl = _HarnessController(
+        lambda: ctx, ServiceRegistry(), say=lambda line: None, agent_command=_cmd(agent, "echo")
+    )
+    thread = threading.Thread(target=ctl.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if settings.controller_socket.exists():
+            break
+        threading.Event().wait(0.05)
+    yield ctl
+    ctl.stop()
+    thread.join(10)
+    db.close()
+
+
+def test_say_op_delivers_and_stores_both_ways(
+    controller: _HarnessController, tmp_path: Path
+) -> None:
+    sock = tmp_path / "home" / "run" / "controller.sock"
+    request = {"op": "say", "claw": "alice", "text": "hi there", "timeout": 30, "wait": 30}
+    reply = rpc.call(sock, request, timeout=60)
+    assert reply["text"] == "you said: hi there via cli from operator"
+    assert reply["status"] == "reply" and reply["done"] is True
+    stored = MessageRepository(controller._ctx.db).list("alice")
+    assert [(m.id, m.direction, m.text) for m in stored] == [
+        (reply["in_id"], "in", "hi there"),
+        (reply["out_id"], "out", reply["text"]),
+    ]
+
+
+def test_say_cli_prints_the_escaped_reply(
+    controller: _HarnessController,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    agent: Path,
+) -> None:
+    from appliance.cli import main
+
+    monkeypatch.setenv("CLAWDEN_HOME", str(tmp_path / "home"))
+    controller._agent_command = tuple(_cmd(agent, "escape"))
+    assert main(["claw", "say", "alice", "hello", "--timeout", "30"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "\\x1b[2Jgotcha\nline two\n"
+    assert "status budget" in captured.err
+
+
+def test_say_refuses_unknown_claws_and_empty_text(
+    controller: _HarnessController, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sock = tmp_path / "home" / "run" / "controller.sock"
+    with pytest.raises(InvalidInput, match="empty"):
+        rpc.call(sock, {"op": "say", "claw": "alice", "text": "  "})
+    with pytest.raises(Exception, match="no claw named 'bob'"):
+        rpc.call(sock, {"op": "say", "claw": "bob", "text": "hi"})
+    assert MessageRepository(controller._ctx.db).list("alice") == []
