@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("name")
     console.add_argument("--lines", type=int, default=0, help="only the last N lines")
 
+    llm = sub.add_parser("llm", help="the LLM gateway").add_subparsers(
+        dest="llm_command", metavar="ACTION", required=True
+    )
+    usage = llm.add_parser("usage", help="LLM calls, tokens and cost per claw: today, this month")
+    usage.add_argument("name", nargs="?", metavar="NAME", help="one claw (default: all)")
+
     audit = sub.add_parser("audit", help="the hash-chained audit log").add_subparsers(
         dest="audit_command", metavar="ACTION", required=True
     )

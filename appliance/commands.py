@@ -35,6 +35,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "image": getattr(args, "image_command", None),
         "claw": getattr(args, "claw_command", None),
         "audit": getattr(args, "audit_command", None),
+        "llm": getattr(args, "llm_command", None),
     }.get(name)
     handler = HANDLERS[(name, sub)]
     return handler(args)
@@ -290,6 +291,15 @@ def audit_verify(args: argparse.Namespace) -> int:
     return 5
 
 
+def llm_usage(args: argparse.Namespace) -> int:
+    from appliance.llm.usage import llm_usage_lines
+
+    name = None if args.name is None else validate_claw_name(args.name)
+    for line in llm_usage_lines(build_context().db, name):
+        print(line)
+    return 0
+
+
 def audit_reseal(args: argparse.Namespace) -> int:
     entry = build_context().audit.reseal("cli", args.reason)
     print(f"audit log resealed at entry {entry.seq}; `clawden audit verify` starts from here")
@@ -326,4 +336,5 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("audit", "verify"): audit_verify,
     ("audit", "list"): audit_list,
     ("audit", "reseal"): audit_reseal,
+    ("llm", "usage"): llm_usage,
 }

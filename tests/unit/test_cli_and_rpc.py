@@ -30,6 +30,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (["claw", "status", "nobody"], "no claw named 'nobody'", 2),
         (["claw", "exec", "ok"], "no command given", 2),
         (["audit", "list", "--limit", "5"], None, 0),
+        (["llm", "usage"], None, 0),
+        (["llm", "usage", "Bad_Name"], "invalid claw name 'Bad_Name'", 2),
     ],
 )
 def test_cli_errors_are_one_actionable_line(
