@@ -3,7 +3,6 @@ adapter's by the contract tests in test_libvirt_test_driver.py."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,29 +12,15 @@ import pytest
 from appliance.core.ports import DomainState, Hypervisor
 from appliance.errors import Unavailable
 from appliance.hypervisor.domain import (
-    Accelerator,
-    DirectKernelBoot,
-    Disk,
-    DiskFormat,
     DomainSpec,
     HypervisorError,
 )
 from appliance.hypervisor.fake import FakeHypervisor
+from tests.unit.test_libvirt_test_driver import make_spec
 
 
 def spec(name: str = "clawdentest-a") -> DomainSpec:
-    tmp = Path("/var/tmp/clawdentest")
-    return DomainSpec(
-        name=name,
-        uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
-        vcpus=1,
-        memory_mib=256,
-        accelerator=Accelerator.TCG,
-        boot=DirectKernelBoot(tmp / "vmlinuz", tmp / "initrd.img", "console=ttyS0"),
-        disks=(Disk(tmp / "root.qcow2", "vda", DiskFormat.QCOW2),),
-        control_socket=tmp / "control.sock",
-        console_log=tmp / "console.log",
-    )
+    return make_spec(Path("/var/tmp/clawdentest"), name)
 
 
 def test_satisfies_the_port() -> None:

@@ -29,9 +29,12 @@ PREFIX = "clawdentest-"
 
 
 def make_spec(tmp: Path, name: str | None = None) -> DomainSpec:
+    """A minimal valid spec; a given name always maps to the same UUID (as a
+    claw's does), no name gives a fresh domain."""
+    name = name or f"{PREFIX}{uuid.uuid4().hex[:8]}"
     return DomainSpec(
-        name=name or f"{PREFIX}{uuid.uuid4().hex[:8]}",
-        uuid=str(uuid.uuid4()),
+        name=name,
+        uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
         vcpus=1,
         memory_mib=256,
         accelerator=Accelerator.TCG,

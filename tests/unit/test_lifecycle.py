@@ -50,20 +50,24 @@ def _fake_image(images: Path) -> Path:
     return d
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[Context]:
-    settings = Settings(home=tmp_path / "home", libvirt_uri="fake:///")
+def _installation(home: Path, hypervisor: FakeHypervisor) -> Context:
+    """A clawden home with a (fake) golden image, on the given libvirt."""
+    settings = Settings(home=home, libvirt_uri="fake:///")
     settings.ensure_dirs()
     _fake_image(settings.images_dir)
-    db = open_db(settings.db_path)
-    context = Context(
+    return Context(
         settings=settings,
-        db=db,
-        hypervisor=FakeHypervisor(),
+        db=open_db(settings.db_path),
+        hypervisor=hypervisor,
         pick_accelerator=lambda k, i: AcceleratorChoice(Accelerator.TCG, "test"),
     )
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[Context]:
+    context = _installation(tmp_path / "home", FakeHypervisor())
     yield context
-    db.close()
+    context.db.close()
 
 
 def _fake(ctx: Context) -> FakeHypervisor:
@@ -253,16 +257,7 @@ def test_two_installations_on_one_libvirt_never_touch_each_others_claws(
     ctx: Context, tmp_path: Path
 ) -> None:
     # A test run (or a second home) beside the real appliance, same libvirtd.
-    other_settings = Settings(home=tmp_path / "other", libvirt_uri="fake:///")
-    other_settings.ensure_dirs()
-    _fake_image(other_settings.images_dir)
-    other_db = open_db(other_settings.db_path)
-    other = Context(
-        settings=other_settings,
-        db=other_db,
-        hypervisor=ctx.hypervisor,  # the same libvirt
-        pick_accelerator=ctx.pick_accelerator,
-    )
+    other = _installation(tmp_path / "other", _fake(ctx))
     try:
         Lifecycle(ctx).create(ClawSpec("alice", "Alice"))
         # The other installation's reconcile sees clawden-alice, which its
@@ -275,4 +270,4 @@ def test_two_installations_on_one_libvirt_never_touch_each_others_claws(
         assert other.claws.get("alice") is None
         assert Lifecycle(ctx).verified_image().version  # ours still fine
     finally:
-        other_db.close()
+        other.db.close()
