@@ -85,6 +85,31 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("name")
     console.add_argument("--lines", type=int, default=0, help="only the last N lines")
 
+    msgs = claw.add_parser("messages", help="show a claw's recent messages (both directions)")
+    msgs.add_argument("name")
+    msgs.add_argument("--limit", type=int, default=20, help="how many, newest last (default 20)")
+
+    sched = sub.add_parser("schedule", help="heartbeats and scheduled jobs").add_subparsers(
+        dest="schedule_command", metavar="ACTION", required=True
+    )
+    sadd = sched.add_parser(
+        "add",
+        help="add a job (cron, every, at) or set a claw's heartbeat",
+        description=(
+            "KIND is cron ('30 7 * * 1-5'), every ('2h', '90m'), at ('2026-12-24T18:00') "
+            "or heartbeat ('every=30m active=08:00-22:00 model=NAME', '' for the defaults)."
+        ),
+    )
+    sadd.add_argument("name", help="the claw")
+    sadd.add_argument("kind", help="cron, every, at or heartbeat")
+    sadd.add_argument("spec", help="when (see the description above); quote it")
+    sadd.add_argument("text", nargs="?", default="", help="what the claw is asked to do")
+    sadd.add_argument("--tz", default=None, help="IANA time zone (default: the host's)")
+    slist = sched.add_parser("list", help="list jobs with their next run and last status")
+    slist.add_argument("name", nargs="?", help="one claw (default: all)")
+    srm = sched.add_parser("rm", help="remove a job (a heartbeat is turned off, not deleted)")
+    srm.add_argument("id", type=int, help="the job's ID from `clawden schedule list`")
+
     llm = sub.add_parser("llm", help="the LLM gateway").add_subparsers(
         dest="llm_command", metavar="ACTION", required=True
     )

@@ -36,6 +36,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "claw": getattr(args, "claw_command", None),
         "audit": getattr(args, "audit_command", None),
         "llm": getattr(args, "llm_command", None),
+        "schedule": getattr(args, "schedule_command", None),
     }.get(name)
     handler = HANDLERS[(name, sub)]
     return handler(args)
@@ -246,6 +247,25 @@ def claw_say(args: argparse.Namespace) -> int:
     return 0
 
 
+def claw_messages(args: argparse.Namespace) -> int:
+    from appliance.messages import MessageRepository
+
+    name = validate_claw_name(args.name)
+    ctx = build_context()
+    ctx.claws.require(name)
+    messages = MessageRepository(ctx.db).list(name, limit=args.limit)
+    if not messages:
+        print(f'no messages for {name} yet — try `clawden claw say {name} "hello"`')
+    for m in messages:
+        arrow = "→" if m.direction == "in" else "←"
+        state = "" if m.delivered else " (not delivered yet)"
+        # Message text is untrusted (the owner's or the model's): escaped.
+        text = printable(m.text).replace("\n", "\n    ")
+        print(f"{m.created_at} {arrow} {printable(m.sender)} [{m.kind}/{m.channel}]{state}")
+        print(f"    {text}")
+    return 0
+
+
 def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
     """Guest output is untrusted: raw bytes to a pipe, escaped on a terminal
     (so a claw cannot drive the operator's terminal with escape sequences)."""
@@ -300,6 +320,41 @@ def llm_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- schedule ----------------------------------------------------------------
+def schedule_add(args: argparse.Namespace) -> int:
+    from appliance.schedule import schedule_add as add
+
+    name = validate_claw_name(args.name)
+    ctx = build_context()
+    job = add(ctx.db, name, args.kind, args.spec, args.tz, args.text)
+    ctx.audit.append(ctx.actor, "schedule.add", name, {"job": job.id, "kind": job.kind.value})
+    when = "-" if job.next_run_at is None else job.next_run_at.isoformat(timespec="minutes")
+    print(f"job {job.id}: {job.kind.value} {printable(job.spec)} ({job.tz}) for {name}")
+    print(f"next run: {when}")
+    return 0
+
+
+def schedule_list(args: argparse.Namespace) -> int:
+    from appliance.schedule import schedule_list_lines
+
+    ctx = build_context()
+    if args.name is not None:
+        ctx.claws.require(validate_claw_name(args.name))
+    for line in schedule_list_lines(ctx.db, args.name):
+        print(line)
+    return 0
+
+
+def schedule_rm(args: argparse.Namespace) -> int:
+    from appliance.schedule import schedule_rm as rm
+
+    ctx = build_context()
+    line = rm(ctx.db, args.id)
+    ctx.audit.append(ctx.actor, "schedule.rm", str(args.id), {})
+    print(line)
+    return 0
+
+
 def audit_reseal(args: argparse.Namespace) -> int:
     entry = build_context().audit.reseal("cli", args.reason)
     print(f"audit log resealed at entry {entry.seq}; `clawden audit verify` starts from here")
@@ -333,6 +388,10 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("claw", "exec"): claw_exec,
     ("claw", "say"): claw_say,
     ("claw", "console"): claw_console,
+    ("claw", "messages"): claw_messages,
+    ("schedule", "add"): schedule_add,
+    ("schedule", "list"): schedule_list,
+    ("schedule", "rm"): schedule_rm,
     ("audit", "verify"): audit_verify,
     ("audit", "list"): audit_list,
     ("audit", "reseal"): audit_reseal,

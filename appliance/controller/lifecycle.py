@@ -27,7 +27,10 @@ from appliance.core.model import Claw, ClawSpec, ClawState, domain_name
 from appliance.core.ports import DomainState
 from appliance.errors import ClawdenError, Conflict, InvalidInput
 from appliance.image import GoldenImage, latest_image, verify_image
+from appliance.messages import MessageRepository
 from appliance.provisioning.disks import create_data_disk, create_root_overlay
+from appliance.schedule import ensure_heartbeat
+from appliance.schedule.store import ScheduleRepository
 from appliance.store import Operation
 from appliance.store.operations import pid_alive
 
@@ -214,6 +217,9 @@ class Lifecycle:
                     created_at=_now(),
                 )
             )
+        # Every claw has a heartbeat (every 30 min, on) from the start; it
+        # costs nothing while HEARTBEAT.md holds no task. Idempotent on resume.
+        ensure_heartbeat(self.ctx.db, op.claw)
 
     def _create_provision(self, op: Operation, progress: Progress) -> None:
         files = self._files(op.claw)
@@ -285,6 +291,10 @@ class Lifecycle:
         self.ctx.keys.delete_for(claw)
 
     def _forget(self, claw: str) -> None:
+        # Its jobs and its conversations go with it (a new claw of the same
+        # name starts clean); its LLM spending stays on record (llm_calls).
+        ScheduleRepository(self.ctx.db).delete_claw(claw)
+        MessageRepository(self.ctx.db).delete_claw(claw)
         self.ctx.claws.delete(claw)
 
     def _set_state(self, op: Operation, state: ClawState) -> None:

@@ -101,12 +101,14 @@ class SchedulerRunner:
         now = self.clock() if now is None else now
         fired = []
         for job in self.store.due(now):
-            result = self._handle(job, now)
+            result = self.handle(job, now)
             if result is not None:
                 fired.append(result)
         return fired
 
-    def _handle(self, job: Job, now: datetime) -> Fired | None:
+    def handle(self, job: Job, now: datetime) -> Fired | None:
+        """Claim ``job``'s run due at ``now`` and run it (or skip it, per the
+        missed-run policy); None when someone else moved the job on first."""
         assert job.next_run_at is not None
         decision = plan(job, now, self.grace)
         status = decision.reason if not decision.run else "running"
@@ -121,7 +123,12 @@ class SchedulerRunner:
 
     def _run(self, job: Job, reason: str) -> str:
         if job.kind is JobKind.HEARTBEAT:
-            text = None if self.heartbeats is None else self.heartbeats.read(job.claw)
+            try:
+                text = None if self.heartbeats is None else self.heartbeats.read(job.claw)
+            except ClawdenError as exc:
+                # Stopped or unreachable: nothing was delivered, and the next
+                # heartbeat will look again. Not a "failure" of the job.
+                return f"skipped: {exc.what}"
             if text is None or not heartbeat_is_actionable(text):
                 return "skipped: nothing actionable"
         try:
@@ -149,13 +156,22 @@ class SchedulerRunner:
 
 
 class SchedulerThread:
-    """Runs ``runner.tick()`` every ``interval_s`` until ``stop()``."""
+    """Fires due jobs every ``interval_s`` until ``stop()``.
+
+    Each claw's jobs run on a worker thread of their own, one at a time per
+    claw: a delivery may take many minutes (the agent thinks, asks for an
+    approval), and one busy claw must not hold up another claw's heartbeat.
+    A job due for a claw that is still busy stays due and is picked up by a
+    later pass (the missed-run policy decides if it got too late).
+    """
 
     def __init__(self, runner: SchedulerRunner, interval_s: float = 10.0) -> None:
         self.runner = runner
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._busy: dict[str, threading.Thread] = {}
 
     def start(self) -> None:
         if self._thread is not None:
@@ -164,16 +180,53 @@ class SchedulerThread:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask the loop to end and wait for it (a delivery in progress finishes first)."""
+        """Ask the loop to end and wait for it and the deliveries in progress
+        (up to ``timeout`` s each; a delivery cut short was already claimed)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        with self._lock:
+            workers = list(self._busy.values())
+        for worker in workers:
+            worker.join(timeout)
+
+    def busy_claws(self) -> set[str]:
+        with self._lock:
+            return set(self._busy)
+
+    def pass_once(self) -> int:
+        """Start a worker for each due job whose claw is idle; returns how many."""
+        now = self.runner.clock()
+        started = 0
+        for job in self.runner.store.due(now):
+            with self._lock:
+                if job.claw in self._busy or self._stop.is_set():
+                    continue
+                worker = threading.Thread(
+                    target=self._work,
+                    args=(job, now),
+                    name=f"clawden-scheduler-{job.claw}",
+                    daemon=True,
+                )
+                self._busy[job.claw] = worker
+            worker.start()
+            started += 1
+        return started
+
+    def _work(self, job: Job, now: datetime) -> None:
+        try:
+            self.runner.handle(job, now)
+        except Exception:  # noqa: BLE001 — a broken job must not kill its claw's scheduling
+            log.exception("scheduled job %s for %s failed", job.id, job.claw)
+        finally:
+            with self._lock:
+                self._busy.pop(job.claw, None)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.runner.tick()
-            except Exception:  # noqa: BLE001 — the controller's scheduler must outlive a bad tick
-                log.exception("scheduler tick failed")
+                self.pass_once()
+            except Exception:  # noqa: BLE001 — the controller's scheduler must outlive a bad pass
+                log.exception("scheduler pass failed")
             self._stop.wait(self.interval_s)

@@ -32,6 +32,7 @@ from appliance.controller.delivery import (
     fit_message,
     schedule_event,
 )
+from appliance.controller.heartbeat_source import MAX_HEARTBEAT_BYTES, ChannelHeartbeatSource
 from appliance.core.model import Claw, ClawState
 from appliance.core.ports import AcceleratorChoice, DomainState
 from appliance.errors import InvalidInput, Unavailable
@@ -373,3 +374,33 @@ def test_say_refuses_unknown_claws_and_empty_text(
     with pytest.raises(Exception, match="no claw named 'bob'"):
         rpc.call(sock, {"op": "say", "claw": "bob", "text": "hi"})
     assert MessageRepository(controller._ctx.db).list("alice") == []
+
+
+# ---- the heartbeat source reads HEARTBEAT.md over the channel ---------------------
+def test_heartbeat_source_reads_the_checklist_over_the_channel(
+    transport: paramiko.Transport, tmp_path: Path
+) -> None:
+    path = tmp_path / "HEARTBEAT.md"
+    source = ChannelHeartbeatSource(lambda claw: transport, path=str(path))
+    assert source.read("alice") is None  # no file: no checklist, not an error
+    path.write_text("# Checks\n- [ ] water the plants\n")
+    assert source.read("alice") == "# Checks\n- [ ] water the plants\n"
+    path.write_text("- [ ] " + "x" * (2 * MAX_HEARTBEAT_BYTES))
+    text = source.read("alice")
+    assert text is not None and len(text) == MAX_HEARTBEAT_BYTES and text.startswith("- [ ] x")
+
+
+def test_heartbeat_source_reports_an_unreadable_checklist(
+    transport: paramiko.Transport, tmp_path: Path
+) -> None:
+    source = ChannelHeartbeatSource(lambda claw: transport, path=str(tmp_path))  # a directory
+    with pytest.raises(Unavailable, match="reading claw 'alice'.s HEARTBEAT.md failed"):
+        source.read("alice")
+
+
+def test_heartbeat_source_passes_on_an_unreachable_claw() -> None:
+    def nowhere(claw: str) -> paramiko.Transport:
+        raise Unavailable(f"claw {claw!r} is stopped", "start it")
+
+    with pytest.raises(Unavailable, match="stopped"):
+        ChannelHeartbeatSource(nowhere).read("alice")

@@ -4,7 +4,8 @@ HEARTBEAT_OK kept from the owner, the missed-run policy across a restart."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -173,3 +174,72 @@ def test_thread_wrapper_ticks_until_stopped(db: Database) -> None:
     finally:
         thread.stop()
     assert delivery.calls == [(1, "alice", "scheduled")]
+
+
+class _UnreachableSource:
+    def read(self, claw: str) -> str | None:
+        raise Unavailable(f"claw {claw!r} is stopped", f"start it: `clawden claw start {claw}`")
+
+
+def test_a_heartbeat_for_an_unreachable_claw_is_skipped_and_says_why(db: Database) -> None:
+    schedule_add(db, "alice", "heartbeat", "", "UTC", "", now=T0)
+    delivery = FakeDelivery()
+    runner = SchedulerRunner(
+        ScheduleRepository(db), delivery, clock=lambda: T0, heartbeats=_UnreachableSource()
+    )
+    (fired,) = runner.tick(T0 + timedelta(minutes=30))
+    assert fired.status == "skipped: claw 'alice' is stopped"
+    assert delivery.calls == []
+    # The job moved on: the next heartbeat looks again.
+    assert fired.next_run_at == T0 + timedelta(minutes=60)
+
+
+class _BlockingDelivery(FakeDelivery):
+    """alice's delivery blocks until released; everyone else's returns at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.bob_done = threading.Event()
+
+    def deliver(self, job: Job, reason: str) -> DeliveryResult:
+        if job.claw == "alice":
+            assert self.release.wait(60)
+        result = super().deliver(job, reason)
+        if job.claw == "bob":
+            self.bob_done.set()
+        return result
+
+
+def test_a_busy_claw_does_not_hold_up_another_claws_jobs(db: Database) -> None:
+    add_claw(db, "bob")
+    schedule_add(db, "alice", "every", "1h", "UTC", "long task", now=T0)
+    schedule_add(db, "alice", "every", "1h", "UTC", "second task", now=T0)
+    schedule_add(db, "bob", "every", "1h", "UTC", "short task", now=T0)
+    delivery = _BlockingDelivery()
+    runner = SchedulerRunner(
+        ScheduleRepository(db), delivery, clock=lambda: T0 + timedelta(hours=1)
+    )
+    thread = SchedulerThread(runner, interval_s=3600)
+    # One pass starts alice's first job and bob's; alice's second waits its turn.
+    assert thread.pass_once() == 2
+    try:
+        assert delivery.bob_done.wait(60)  # while alice is still busy
+        _wait_until(lambda: thread.busy_claws() == {"alice"})  # bob's worker unregisters
+        assert thread.pass_once() == 0  # alice's second job stays due, not started twice
+        delivery.release.set()
+        _wait_until(lambda: not thread.busy_claws())
+        assert sorted(delivery.calls) == [(1, "alice", "scheduled"), (3, "bob", "scheduled")]
+        assert thread.pass_once() == 1  # now alice's second job runs
+    finally:
+        delivery.release.set()
+        thread.stop(timeout=60)
+    assert thread.pass_once() == 0  # a stopped scheduler starts nothing
+    assert sorted(delivery.calls)[1] == (2, "alice", "scheduled")
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 60  # generous: a bound, not a timing assertion
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
