@@ -11,6 +11,7 @@ whether it is still good.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -18,10 +19,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from appliance.controller import rpc
+from appliance.errors import ClawdenError
+from appliance.llm.scripted import ScriptedModelServer
 
 REPO = Path(__file__).resolve().parents[2]
 CLAWDEN = [sys.executable, "-m", "appliance"]
@@ -43,7 +50,12 @@ class Env:
     ) -> subprocess.CompletedProcess[str]:
         env = dict(self.env, **(extra_env or {}))
         proc = subprocess.run(
-            [*CLAWDEN, *args], env=env, capture_output=True, text=True, timeout=timeout
+            [*CLAWDEN, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,  # a command never waits on the test's stdin
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -110,27 +122,57 @@ def _cleanup_home(env: Env) -> None:
     shutil.rmtree(env.home, ignore_errors=True)
 
 
+class RunningController:
+    """The session's `clawden serve`, which a test may restart (state must survive it)."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[str]:
+        # Output to a file, not a pipe: nobody reads it while tests run, and
+        # a full pipe would block the controller.
+        log = (self.env.home / "controller.log").open("a")
+        proc = subprocess.Popen(
+            [*CLAWDEN, "serve"], env=self.env.env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        log.close()
+        sock = self.env.home / "run" / "controller.sock"
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"controller did not start:\n{self.log_tail()}")
+            try:
+                # Its own pid answering: not a stale socket of the one before.
+                if rpc.call(sock, {"op": "ping"}, timeout=5).get("pid") == proc.pid:
+                    return proc
+            except ClawdenError:
+                pass
+            time.sleep(0.2)
+
+    def log_tail(self, lines: int = 60) -> str:
+        path = self.env.home / "controller.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.proc = self._start()
+
+
 @pytest.fixture(scope="session")
-def controller(clawden_env: Env) -> Iterator[subprocess.Popen[str]]:
-    proc = clawden_env.popen("serve")
-    sock = clawden_env.home / "run" / "controller.sock"
-    deadline = time.monotonic() + 120
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out, err = proc.communicate(timeout=5)
-            raise AssertionError(f"controller did not start:\n{out}\n{err}")
-        time.sleep(0.2)
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
-    if proc.stderr:
-        proc.stderr.close()
+def controller(clawden_env: Env) -> Iterator[RunningController]:
+    running = RunningController(clawden_env)
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +181,29 @@ def two_claws(clawden_env: Env, controller: subprocess.Popen[str]) -> tuple[str,
     for name, member in (("alice", "Alice"), ("bob", "Bob")):
         clawden_env.run("claw", "create", name, "--member", member, "--timeout", "400")
     return "alice", "bob"
+
+
+@contextmanager
+def scripted_llm(
+    env: Env, scenario: dict[str, Any], key: str | None = None, policy: str = ""
+) -> Iterator[ScriptedModelServer]:
+    """A scripted upstream configured as the gateway's provider for the block.
+
+    The gateway reads ``llm.toml`` per call, so this takes effect at once; the
+    file (which holds the upstream key, hence mode 0600) is removed afterwards
+    so no later test talks to a server that is gone.
+    """
+    key = key or "sk-clawden-test-" + secrets.token_hex(8)
+    config = env.home / "llm.toml"
+    with ScriptedModelServer(scenario, api_key=key) as upstream:
+        config.write_text(
+            'provider = "scripted"\n'
+            "[providers.scripted]\n"
+            f'base_url = "{upstream.base_url}"\n'
+            f'api_key = "{key}"\n' + policy
+        )
+        config.chmod(0o600)
+        try:
+            yield upstream
+        finally:
+            config.unlink(missing_ok=True)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.llm.scripted import ScriptedModelServer
-from tests.integration.conftest import Env
+from tests.integration.conftest import Env, scripted_llm
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +44,8 @@ def test_say_goes_through_the_gateway_and_the_key_never_enters_the_guest(
             },
         ],
     }
-    config = clawden_env.home / "llm.toml"
-    with ScriptedModelServer(scenario, api_key=key) as upstream:
-        config.write_text(
-            'provider = "scripted"\n'
-            "[providers.scripted]\n"
-            f'base_url = "{upstream.base_url}"\n'
-            f'api_key = "{key}"\n'
-        )
-        config.chmod(0o600)
-        try:
-            proc = clawden_env.run(
-                "claw", "say", "alice", "please leave me a note", "--timeout", "600"
-            )
-        finally:
-            config.unlink()
+    with scripted_llm(clawden_env, scenario, key=key) as upstream:
+        proc = clawden_env.run("claw", "say", "alice", "please leave me a note", "--timeout", "600")
         assert "Done: I wrote note.txt for you." in proc.stdout
         chats = [r for r in upstream.requests if r["path"] == "/v1/chat/completions"]
         assert len(chats) == 2  # the tool call, then the answer
