@@ -16,6 +16,7 @@ from appliance.hypervisor.accel import choose_accelerator
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
 from appliance.llm.gateway import llm_gateway_service
 from appliance.store import open_db
+from appliance.store.audit import AuditLog
 
 
 def accelerator_picker(settings: Settings) -> AcceleratorPicker:
@@ -50,5 +51,11 @@ def service_registry(settings: Settings, db: Database) -> ServiceRegistry:
     upstream is an OpenAI-shaped 503 to the claw, never a failed start; and
     the egress stub (7703), which refuses until the egress proxy exists."""
     return ServiceRegistry(
-        [host_api_service(db), llm_gateway_service(settings), egress_stub_service()]
+        [
+            # The claws' approval requests are audited with the head file, as
+            # every other append is, so `audit verify` keeps passing.
+            host_api_service(db, AuditLog(db, head_file=settings.audit_head_path)),
+            llm_gateway_service(settings),
+            egress_stub_service(),
+        ]
     )

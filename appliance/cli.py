@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         default=1860,
         help="seconds to wait for the reply (default 1860: the agent may queue and ask approvals)",
     )
+    imp = claw.add_parser("import", help="copy an OpenClaw workspace into a running claw")
+    imp.add_argument("name")
+    imp.add_argument("path", help="the workspace folder (e.g. ~/.openclaw/workspace)")
     console = claw.add_parser("console", help="print a claw's serial console log")
     console.add_argument("name")
     console.add_argument("--lines", type=int, default=0, help="only the last N lines")
@@ -109,6 +112,32 @@ def _parser() -> argparse.ArgumentParser:
     slist.add_argument("name", nargs="?", help="one claw (default: all)")
     srm = sched.add_parser("rm", help="remove a job (a heartbeat is turned off, not deleted)")
     srm.add_argument("id", type=int, help="the job's ID from `clawden schedule list`")
+
+    skill = sub.add_parser("skill", help="skills installed on claws").add_subparsers(
+        dest="skill_command", metavar="ACTION", required=True
+    )
+    kadd = skill.add_parser("add", help="install a skill (folder, .tar.gz, .zip) on a running claw")
+    kadd.add_argument("name", help="the claw")
+    kadd.add_argument("source", metavar="PATH_OR_ARCHIVE", help="the skill's folder or archive")
+    klist = skill.add_parser("list", help="list installed skills with their sha256")
+    klist.add_argument("name", nargs="?", help="one claw (default: all)")
+    krm = skill.add_parser("rm", help="uninstall a skill from a claw")
+    krm.add_argument("name", help="the claw")
+    krm.add_argument("skill", help="the skill's name")
+
+    appr = sub.add_parser("approval", help="what claws ask their admin to approve").add_subparsers(
+        dest="approval_command", metavar="ACTION", required=True
+    )
+    alist = appr.add_parser("list", help="pending requests: claw, age, expiry, hash, action")
+    alist.add_argument("name", nargs="?", help="one claw (default: all)")
+    alist.add_argument("--all", action="store_true", help="decided and expired ones too")
+    ashow = appr.add_parser("show", help="one request in full, with its sha256")
+    ashow.add_argument("id", help="the request's ID from `clawden approval list`")
+    aok = appr.add_parser("approve", help="approve a pending request")
+    aok.add_argument("id", help="the request's ID")
+    ano = appr.add_parser("deny", help="deny a pending request")
+    ano.add_argument("id", help="the request's ID")
+    ano.add_argument("--reason", default=None, help="told to the claw")
 
     llm = sub.add_parser("llm", help="the LLM gateway").add_subparsers(
         dest="llm_command", metavar="ACTION", required=True

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
 
+from appliance import approval_commands, skill_commands
 from appliance.app import build_context, service_registry
 from appliance.config import Settings
 from appliance.controller import rpc
@@ -37,6 +38,8 @@ def dispatch(args: argparse.Namespace) -> int:
         "audit": getattr(args, "audit_command", None),
         "llm": getattr(args, "llm_command", None),
         "schedule": getattr(args, "schedule_command", None),
+        "skill": getattr(args, "skill_command", None),
+        "approval": getattr(args, "approval_command", None),
     }.get(name)
     handler = HANDLERS[(name, sub)]
     return handler(args)
@@ -396,4 +399,12 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("audit", "list"): audit_list,
     ("audit", "reseal"): audit_reseal,
     ("llm", "usage"): llm_usage,
+    ("skill", "add"): skill_commands.skill_add,
+    ("skill", "list"): skill_commands.skill_list,
+    ("skill", "rm"): skill_commands.skill_rm,
+    ("claw", "import"): skill_commands.claw_import,
+    ("approval", "list"): approval_commands.approval_list,
+    ("approval", "show"): approval_commands.approval_show,
+    ("approval", "approve"): approval_commands.approval_approve,
+    ("approval", "deny"): approval_commands.approval_deny,
 }

@@ -31,10 +31,10 @@ from types import TracebackType
 from typing import IO
 
 from appliance.errors import InvalidInput, NotFound
+from appliance.guest.skillhash import hash_files
 from appliance.guest.skills import NAME_RE, SkillError, parse_skill_md
 from appliance.textsafe import printable
 
-HASH_TAG = b"clawden-skill-v1\0"
 _FIX = "fix the skill (or ask its author) and run `clawden skill add` again"
 
 
@@ -255,12 +255,9 @@ def _stage(files: list[_Member], dest: Path, limits: SkillLimits) -> list[SkillF
 
 
 def content_hash(root: Path, files: list[SkillFile]) -> str:
-    """sha256 over sorted (path, size, content): same files, same hash, any format."""
-    digest = hashlib.sha256(HASH_TAG)
-    for f in sorted(files, key=lambda f: f.path.encode()):
-        digest.update(f"{f.path}\0{f.size}\0".encode())
-        digest.update(root.joinpath(*f.path.split("/")).read_bytes())
-    return digest.hexdigest()
+    """sha256 over sorted (path, size, content): same files, same hash, any
+    format; computed by the guest's own function, so the claw agrees."""
+    return hash_files((f.path, root.joinpath(*f.path.split("/")).read_bytes()) for f in files)
 
 
 def _members_and_stage(source: Path, dest: Path, limits: SkillLimits) -> list[SkillFile]:
@@ -280,17 +277,26 @@ def _members_and_stage(source: Path, dest: Path, limits: SkillLimits) -> list[Sk
     )
 
 
-def prepare_skill(name: str, source: Path, limits: SkillLimits | None = None) -> PreparedSkill:
-    """Validate ``source`` (folder or archive) and stage it in a fresh temp dir."""
+def prepare_skill(
+    name: str | None,
+    source: Path,
+    limits: SkillLimits | None = None,
+    *,
+    tmp_dir: Path | None = None,
+) -> PreparedSkill:
+    """Validate ``source`` (folder or archive) and stage it in a fresh temp dir.
+
+    The skill's name comes from its front matter; ``name``, when given, must match.
+    """
     limits = limits or SkillLimits()
-    if not NAME_RE.match(name):
+    if name is not None and not NAME_RE.match(name):
         raise InvalidInput(
             f"{printable(repr(name))} is not a skill name",
             "use 1-64 lowercase letters, digits or '-', e.g. weather-report",
         )
     if not source.exists():
         raise NotFound(f"{printable(str(source))} does not exist", "give a folder or archive")
-    dest = Path(tempfile.mkdtemp(prefix="clawden-skill-"))
+    dest = Path(tempfile.mkdtemp(prefix="clawden-skill-", dir=tmp_dir))
     try:
         files = _members_and_stage(source, dest, limits)
         try:
@@ -298,7 +304,7 @@ def prepare_skill(name: str, source: Path, limits: SkillLimits | None = None) ->
             info, _body = parse_skill_md(text)
         except (UnicodeDecodeError, SkillError) as exc:
             raise _refuse(f"SKILL.md is malformed: {exc}") from exc
-        if info.name != name:
+        if name is not None and info.name != name:
             raise SkillRefused(
                 printable(f"SKILL.md names the skill {info.name!r}, not {name!r}"),
                 f"add it as `clawden skill add {info.name} ...` or fix its front matter",
@@ -315,15 +321,19 @@ def prepare_skill(name: str, source: Path, limits: SkillLimits | None = None) ->
         raise
 
 
-def skill_add_lines(name: str, source: Path) -> Iterator[str]:
-    """What ``clawden skill add NAME PATH`` shows: the files and the full hash."""
+def describe_lines(skill: PreparedSkill) -> Iterator[str]:
+    """What ``clawden skill add`` shows before copying: the files and the full hash."""
+    yield f"skill {skill.name} from {printable(str(skill.source))}"
+    yield f"  description: {printable(skill.description)}"
+    for kind, values in skill.requires.items():
+        yield f"  requires {printable(kind)}: {printable(', '.join(values))}"
+    yield f"  {len(skill.files)} files, {skill.total_bytes} bytes:"
+    for f in skill.files:
+        yield f"    {f.size:>9}  {printable(f.path)}"
+    yield f"  sha256 {skill.content_hash}"
+
+
+def skill_add_lines(name: str | None, source: Path) -> Iterator[str]:
+    """Validate and describe a skill without installing it."""
     with prepare_skill(name, source) as skill:
-        yield f"skill {skill.name} from {printable(str(source))}"
-        yield f"  description: {printable(skill.description)}"
-        for kind, values in skill.requires.items():
-            yield f"  requires {printable(kind)}: {printable(', '.join(values))}"
-        yield f"  {len(skill.files)} files, {skill.total_bytes} bytes:"
-        for f in skill.files:
-            yield f"    {f.size:>9}  {printable(f.path)}"
-        yield f"  sha256 {skill.content_hash}"
-        yield "validated; copying it onto a claw's data disk is not wired yet"
+        yield from describe_lines(skill)

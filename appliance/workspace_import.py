@@ -221,7 +221,12 @@ def stage_import(plan: ImportPlan, dest: Path) -> None:
 
 def import_lines(name: str, path: Path) -> Iterator[str]:
     """What ``clawden claw import NAME PATH`` shows before copying anything."""
-    plan = inspect_workspace(path)
+    yield from plan_lines(name, inspect_workspace(path))
+
+
+def plan_lines(name: str, plan: ImportPlan) -> Iterator[str]:
+    """The plan in words: files, skills, what is skipped and why."""
+    path = plan.source
     yield f"import into claw {printable(name)} from {printable(str(path))}"
     yield f"  layout: {'newer' if plan.layout == 'new' else 'older'} OpenClaw workspace"
     yield f"  {len(plan.files)} files, {plan.total_bytes} bytes:"
@@ -234,4 +239,3 @@ def import_lines(name: str, path: Path) -> Iterator[str]:
         yield f"  skipped {printable(skipped)}: {reason}"
     if plan.bootstrap_pending:
         yield "  BOOTSTRAP.md will run on the claw's first start (onboarding not recorded)"
-    yield "inspected; copying onto the claw's data disk is not wired yet"

@@ -7,10 +7,10 @@ messages and jobs. Shapes are in docs/agent.md ("What the host must provide");
 every error is ``{"error": {"message", "code"}}``, and its message is shown to
 the claw's model as is, so it says what to do differently.
 
-Approvals are a stub by design until the approvals issue: every request is
-denied at once with a reason saying so. Denying is the only safe stand-in —
-the agent asks before risky actions, and a stub that approved would wave
-them all through.
+Approvals are real: a request is queued for the admin (appliance/approvals.py)
+and the claw long-polls for the decision; requests and their outcome are in
+the audit log. Its action and details are untrusted and only ever stored as
+data, then escaped wherever they are shown.
 """
 
 from __future__ import annotations
@@ -23,12 +23,16 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from appliance.approvals import DEFAULT_TIMEOUT_S, MAX_WAIT_S, Approval, ApprovalRepository
 from appliance.channel.http import HttpRequest, HttpResponse, HttpService, Route
 from appliance.channel.services import ClawIdentity
 from appliance.errors import ClawdenError, Conflict, InvalidInput, NotFound, Unavailable
 from appliance.messages import MessageRepository, check_text
 from appliance.schedule import ScheduleRepository, schedule_add, schedule_rm
 from appliance.schedule.model import CreatedBy, Job
+from appliance.store.audit import AuditLog
+from appliance.store.skills import SkillRepository
+from appliance.store.tx import transaction
 from appliance.textsafe import printable
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,6 @@ HOST_API_PORT = 7701
 # A claw's own messages go to its owner's usual channel, which the channels
 # issue will resolve; until then they are stored under this label.
 OWNER_CHANNEL = "default"
-APPROVALS_STUB_REASON = "approvals are not available yet: ask your operator"
 
 
 def error(status: int, message: str, code: str) -> HttpResponse:
@@ -132,6 +135,7 @@ class HostApi:
         self.db = db
         self.messages = MessageRepository(db)
         self.schedules = ScheduleRepository(db)
+        self.skills = SkillRepository(db)
 
     def send_message(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
         text = _field(body, "text", str)
@@ -166,24 +170,66 @@ class HostApi:
         schedule_rm(self.db, job_id, claw=claw.name)
         return HttpResponse.json(200, {"deleted": True})
 
-
-def _approval_requested(claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
-    action = body.get("action")
-    log.info(
-        "claw %s asked to approve %s: denied (approvals not available yet)",
-        claw.name,
-        printable(str(action)[:200]),
-    )
-    return HttpResponse.json(
-        201, {"id": "unavailable", "status": "denied", "reason": APPROVALS_STUB_REASON}
-    )
+    def list_skills(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        """The skills the owner installed here: the guest indexes only these,
+        and only while their files still hash to ``sha256``."""
+        rows = self.skills.list(claw.name)
+        skills = [{"name": s.name, "sha256": s.content_hash} for s in rows]
+        return HttpResponse.json(200, {"skills": skills})
 
 
-def _approval_wait(claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
-    approval_id = str(body.get("id", ""))[:100]
-    return HttpResponse.json(
-        200, {"id": approval_id, "status": "denied", "reason": APPROVALS_STUB_REASON}
-    )
+def _number(body: Mapping[str, Any], key: str, default: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _BadBody(f"{key!r} must be a number of seconds")
+    return float(value)
+
+
+def _approval_json(approval: Approval) -> dict[str, Any]:
+    return {"id": approval.id, "status": approval.status, "reason": approval.reason}
+
+
+class ApprovalRoutes:
+    """``/v1/approvals``: queue a request for the admin, long-poll its decision.
+    ``audit`` must be the controller's (with its head file) in production."""
+
+    def __init__(self, db: Database, audit: AuditLog) -> None:
+        self.db = db
+        self.approvals = ApprovalRepository(db)
+        self.audit = audit
+
+    def request(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        action = _field(body, "action", str)
+        details = _field(body, "details", str)
+        timeout_s = _number(body, "timeout_s", DEFAULT_TIMEOUT_S)
+        try:
+            with transaction(self.db):
+                approval = self.approvals.request(claw.name, action, details, timeout_s)
+                self.audit.append(
+                    f"claw:{claw.name}",
+                    "approval.request",
+                    approval.id,
+                    {
+                        "claw": claw.name,
+                        "action": approval.action,
+                        "sha256": approval.sha256,
+                        "expires_at": _iso(approval.expires_at),
+                    },
+                )
+        except Conflict as exc:
+            # Too many waiting: the agent sees a denial with the reason, not an error.
+            log.info("claw %s: approval refused: %s", claw.name, exc.what)
+            return HttpResponse.json(201, {"id": "none", "status": "denied", "reason": str(exc)})
+        log.info(
+            "claw %s asks approval %s for %s", claw.name, approval.id, printable(approval.action)
+        )
+        return HttpResponse.json(201, _approval_json(approval))
+
+    def wait(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        approval_id = _field(body, "id", str)[:100]
+        wait_s = _number(body, "wait_s", MAX_WAIT_S)
+        approval = self.approvals.wait(approval_id, claw.name, wait_s)
+        return HttpResponse.json(200, _approval_json(approval))
 
 
 def _whoami(claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
@@ -194,23 +240,26 @@ def _health(claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
     return HttpResponse.json(200, {"ok": True})
 
 
-def host_api_service(db: Database | None = None) -> HttpService:
+def host_api_service(db: Database | None = None, audit: AuditLog | None = None) -> HttpService:
     """The host API; without a store only the identity routes exist (``whoami``,
-    ``health``), which is all a channel test needs."""
+    ``health``), which is all a channel test needs. ``audit`` defaults to a log
+    without a head file: the controller passes its own (see ``app``)."""
     routes: dict[tuple[str, str], Route] = {
         ("GET", "/v1/whoami"): _whoami,
         ("GET", "/v1/health"): _health,
-        ("POST", "/v1/approvals"): _json_route(_approval_requested),
-        ("POST", "/v1/approvals/wait"): _json_route(_approval_wait),
     }
     if db is not None:
         api = HostApi(db)
+        approvals = ApprovalRoutes(db, audit or AuditLog(db))
         routes.update(
             {
                 ("POST", "/v1/messages"): _json_route(api.send_message),
                 ("GET", "/v1/schedules"): _json_route(api.list_schedules),
                 ("POST", "/v1/schedules"): _json_route(api.create_schedule),
                 ("POST", "/v1/schedules/delete"): _json_route(api.delete_schedule),
+                ("GET", "/v1/skills"): _json_route(api.list_skills),
+                ("POST", "/v1/approvals"): _json_route(approvals.request),
+                ("POST", "/v1/approvals/wait"): _json_route(approvals.wait),
             }
         )
     return HttpService("hostapi", HOST_API_PORT, routes)

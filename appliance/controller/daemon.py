@@ -22,19 +22,32 @@ from appliance.channel.manager import ChannelManager, ClawConnection
 from appliance.channel.services import ServiceRegistry
 from appliance.channel.transport import ChannelTarget, run_command
 from appliance.controller.context import Context
-from appliance.controller.delivery import AGENT_COMMAND, DEFAULT_TIMEOUT, converse
+from appliance.controller.delivery import (
+    AGENT_COMMAND,
+    DEFAULT_TIMEOUT,
+    ChannelDelivery,
+    converse,
+)
+from appliance.controller.guestcopy import put_tree_handler
 from appliance.controller.guestfiles import channel_target
+from appliance.controller.heartbeat_source import ChannelHeartbeatSource
 from appliance.controller.reconcile import RetryGate, reconcile
 from appliance.controller.rpc import Reply, RpcServer, encode_chunk
 from appliance.core.model import ClawState, domain_name, validate_claw_name
 from appliance.core.ports import DomainState
 from appliance.errors import ClawdenError, InvalidInput, NotFound, Unavailable
 from appliance.messages import MessageRepository
+from appliance.schedule.runner import SchedulerRunner, SchedulerThread
+from appliance.schedule.store import ScheduleRepository
 
 log = logging.getLogger(__name__)
 
 SYNC_EVERY = 2.0
 RECONCILE_EVERY = 30.0
+SCHEDULE_EVERY = 10.0
+# How long a scheduled delivery waits for a claw's channel to come up (a claw
+# that was just started, or whose channel is reconnecting).
+SCHEDULE_CHANNEL_WAIT = 60.0
 
 
 class Controller:
@@ -57,6 +70,15 @@ class Controller:
         # The guest command events are delivered to; tests point it elsewhere.
         self._agent_command = tuple(agent_command)
         self.channels = ChannelManager(registry, self._target_for, self._audit_event)
+        self.scheduler = SchedulerThread(
+            SchedulerRunner(
+                ScheduleRepository(self._ctx.db),
+                ChannelDelivery(self._scheduled_transport, command=self._agent_command),
+                heartbeats=ChannelHeartbeatSource(self._scheduled_transport),
+                messages=self._messages,
+            ),
+            interval_s=SCHEDULE_EVERY,
+        )
         self._rpc = RpcServer(
             self._ctx.settings.controller_socket,
             {
@@ -66,6 +88,7 @@ class Controller:
                 "exec": self._exec,
                 "reconnect": self._reconnect,
                 "say": self._op_say,
+                "put_tree": put_tree_handler(self.transport_for),
             },
         )
 
@@ -73,6 +96,9 @@ class Controller:
     def run(self) -> None:
         self._reconcile(initial=True)
         self._rpc.start()
+        # Jobs live in SQLite: whatever came due while the controller was down
+        # is handled now, by the missed-run policy (docs/scheduler.md).
+        self.scheduler.start()
         self._say(f"controller ready (pid {os.getpid()}, socket {self._rpc.path})")
         last_reconcile = time.monotonic()
         try:
@@ -83,7 +109,10 @@ class Controller:
                 self._sync_channels()
         finally:
             self._rpc.close()
+            # Closing the channels first ends any delivery in progress (it was
+            # claimed before it started, so it is not repeated on restart).
             self.channels.close()
+            self.scheduler.stop(timeout=10)
 
     def stop(self) -> None:
         self._stop.set()
@@ -202,6 +231,16 @@ class Controller:
         if conn is None:
             conn = self._connection(claw)  # raises the informative NotFound
         return conn.transport()
+
+    def _scheduled_transport(self, claw: str) -> paramiko.Transport:
+        """A running claw's transport for the scheduler; a stopped claw is
+        reported as such (its jobs are skipped, not failed)."""
+        record = self._ctx.claws.require(claw)
+        if record.state is not ClawState.RUNNING:
+            raise Unavailable(
+                f"claw {claw!r} is {record.state.value}", f"start it: `clawden claw start {claw}`"
+            )
+        return self.transport_for(claw, SCHEDULE_CHANNEL_WAIT)
 
     def _exec(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
         claw = str(request["claw"])

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.approvals import ApprovalRepository
 from appliance.controller.context import Context, Progress, silent
 from appliance.controller.guestfiles import (
     ClawFiles,
@@ -33,6 +34,7 @@ from appliance.schedule import ensure_heartbeat
 from appliance.schedule.store import ScheduleRepository
 from appliance.store import Operation
 from appliance.store.operations import pid_alive
+from appliance.store.skills import SkillRepository
 
 CREATE_STEPS = ("record", "provision", "disks", "define", "boot")
 DESTROY_STEPS = ("record", "halt", "undefine", "files", "keys", "forget")
@@ -291,10 +293,12 @@ class Lifecycle:
         self.ctx.keys.delete_for(claw)
 
     def _forget(self, claw: str) -> None:
-        # Its jobs and its conversations go with it (a new claw of the same
+        # Its jobs, conversations, approval requests and skills go with it (a new claw of the same
         # name starts clean); its LLM spending stays on record (llm_calls).
         ScheduleRepository(self.ctx.db).delete_claw(claw)
         MessageRepository(self.ctx.db).delete_claw(claw)
+        ApprovalRepository(self.ctx.db).delete_claw(claw)
+        SkillRepository(self.ctx.db).delete_claw(claw)
         self.ctx.claws.delete(claw)
 
     def _set_state(self, op: Operation, state: ClawState) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from . import workspace as ws
 from .history import History, Message, transcript
 from .model import AssistantMessage, ChatModel, ModelError, ModelUnavailable
+from .skills import SkillIndex
 from .tools import ToolBox
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,11 @@ class Agent:
         tools: ToolBox,
         clock: Callable[[], datetime],
         limits: Limits | None = None,
+        skills: Callable[[], SkillIndex] | None = None,
     ) -> None:
         self.workspace = workspace
+        # The host-verified skill index (serve.py asks the host); none without it.
+        self.skills = skills
         self.state_dir = state_dir
         self.model = model
         self.tools = tools
@@ -143,6 +147,7 @@ class Agent:
             per_file_cap=self.limits.per_file_cap,
             total_cap=self.limits.total_cap,
             first_run=first_run,
+            skills=self.skills() if self.skills is not None else SkillIndex(),
         )
         system = PREAMBLE.format(workspace=self.workspace) + "\n\n" + prompt.text
         where = f"[{event.kind} via {event.channel or 'unknown channel'}"

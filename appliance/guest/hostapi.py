@@ -54,6 +54,7 @@ class HostApi(Protocol):
     def delete_schedule(self, schedule_id: int) -> None: ...
     def request_approval(self, action: str, details: str, timeout_s: float) -> Approval: ...
     def web_fetch(self, url: str) -> Page: ...
+    def installed_skills(self) -> dict[str, str]: ...
 
 
 @dataclass
@@ -66,6 +67,8 @@ class FakeHostApi:
     sent: list[str] = field(default_factory=list)
     schedules: list[dict[str, Any]] = field(default_factory=list)
     approvals: list[tuple[str, str, float]] = field(default_factory=list)
+    skills: dict[str, str] = field(default_factory=dict)  # name -> content hash installed
+    skills_error: str | None = None  # set: the host cannot be asked
 
     def send_message(self, text: str) -> dict[str, Any]:
         self.sent.append(text)
@@ -96,6 +99,11 @@ class FakeHostApi:
         if url in self.pages:
             return Page(url, 200, "text/plain", self.pages[url], False)
         raise HostApiError(f"the host refused to fetch {url}: {self.refusal}")
+
+    def installed_skills(self) -> dict[str, str]:
+        if self.skills_error is not None:
+            raise HostApiError(self.skills_error)
+        return dict(self.skills)
 
 
 def _no_proxy_opener() -> urllib.request.OpenerDirector:
@@ -153,6 +161,17 @@ class HttpHostApi:
 
     def delete_schedule(self, schedule_id: int) -> None:
         self._call("POST", "/v1/schedules/delete", {"id": schedule_id})
+
+    def installed_skills(self) -> dict[str, str]:
+        """Name -> content hash of each skill the owner installed on this claw."""
+        listed = self._call("GET", "/v1/skills").get("skills")
+        if not isinstance(listed, list):
+            raise HostApiError("the host API answered without a skills list")
+        out: dict[str, str] = {}
+        for item in listed:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                out[item["name"]] = str(item.get("sha256", ""))
+        return out
 
     def request_approval(self, action: str, details: str, timeout_s: float) -> Approval:
         """Ask, then long-poll until decided or ``timeout_s`` passes (status ``timeout``)."""

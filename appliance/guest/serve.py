@@ -36,7 +36,8 @@ from typing import Any
 from .agent import Agent, Event, EventError, Limits
 from .hostapi import HOST_API_URL, PROXY_URL, HttpHostApi
 from .model import DUMMY_KEY, GATEWAY_URL, ChatModel, OpenAIChatModel, script_from_json
-from .tools import ToolContext, default_toolbox
+from .templates import DEFAULT_MEMBER, DEFAULT_NAME, seed_workspace
+from .tools import ToolContext, default_toolbox, verified_skills
 
 TEST_SCRIPT_ENV = "CLAWDEN_AGENT_TEST_SCRIPT"
 MAX_EVENT_BYTES = 1024 * 1024
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     deliver.add_argument("--max-steps", type=int, default=Limits.max_steps)
     deliver.add_argument("--context-chars", type=int, default=Limits.context_chars)
     deliver.add_argument("--lock-timeout", type=float, default=900.0)
+    deliver.add_argument("--identity", type=Path, default=Path("/run/clawden/claw.json"))
     return parser
 
 
@@ -91,6 +93,22 @@ def _model(args: argparse.Namespace) -> tuple[ChatModel, OpenAIChatModel | None]
         return script_from_json(json.loads(Path(script).read_text(encoding="utf-8"))), None
     real = OpenAIChatModel(args.gateway, DUMMY_KEY, default_model=args.model)
     return real, real
+
+
+def _identity(path: Path) -> tuple[str, str]:
+    """(claw name, member) from the seed disk's claw.json; defaults if unreadable,
+    because a missing name must not cost the owner their reply."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return DEFAULT_NAME, DEFAULT_MEMBER
+    if not isinstance(data, dict):
+        return DEFAULT_NAME, DEFAULT_MEMBER
+    name, member = data.get("name"), data.get("member")
+    return (
+        name if isinstance(name, str) and name else DEFAULT_NAME,
+        member if isinstance(member, str) and member else DEFAULT_MEMBER,
+    )
 
 
 def _emit(payload: dict[str, Any]) -> None:
@@ -123,11 +141,22 @@ def deliver(args: argparse.Namespace) -> int:
     )
     try:
         with delivery_lock(args.state_dir, args.lock_timeout):
+            name, member = _identity(args.identity)
+            seed_workspace(args.workspace, name, member, clock(), state_dir=args.state_dir)
             model, closable = _model(args)
             try:
                 host = HttpHostApi(args.host_api, args.proxy)
-                tools = default_toolbox(ToolContext(args.workspace, host, clock))
-                agent = Agent(args.workspace, args.state_dir, model, tools, clock, limits)
+                context = ToolContext(args.workspace, host, clock)
+                tools = default_toolbox(context)
+                agent = Agent(
+                    args.workspace,
+                    args.state_dir,
+                    model,
+                    tools,
+                    clock,
+                    limits,
+                    skills=lambda: verified_skills(context),
+                )
                 reply = agent.handle(event)
             finally:
                 if closable is not None:

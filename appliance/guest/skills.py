@@ -5,7 +5,9 @@ A skill is a folder ``skills/<name>/`` holding ``SKILL.md``: YAML front matter
 name and description go into every prompt; the body is read when the agent
 asks for it, so many skills cost a few lines each. Skills are installed by the
 host (``clawden skill add``), never by the claw, but the folder lives on the
-claw's data disk, so everything here treats it as untrusted data.
+claw's data disk, which the claw can write: so a skill is only indexed or
+loaded when the host recorded it and its files still hash to that record
+(``allowed``), and everything here treats the files as untrusted data.
 
 The golden image may lack python3-yaml, so a small YAML subset (mappings,
 block and flow lists, quoted, plain and block scalars) is parsed here; PyYAML
@@ -18,17 +20,21 @@ import importlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .skillhash import skill_hash
 from .workspace import WorkspaceError, confined_parts, read_confined
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")  # Agent Skills naming
 MAX_SKILL_MD = 256 * 1024
 MAX_DESCRIPTION = 1024
 MAX_INDEXED = 200
+NOT_INSTALLED = "not installed by the host (skills are added by the owner with `clawden skill add`)"
+CHANGED = "changed since it was installed — ask the owner to reinstall it"
 _REQUIRE_KEYS = ("openclaw", "clawdbot", "clawdis")  # metadata.<key>.requires aliases
 
 
@@ -253,8 +259,33 @@ def _read_skill(workspace: Path, folder: str, use_yaml: bool | None) -> tuple[Sk
     return info, body
 
 
-def scan_skills(workspace: Path, *, use_yaml: bool | None = None) -> SkillIndex:
-    """Every well-formed skill under skills/, and every other folder with a reason."""
+def check_installed(workspace: Path, folder: str, allowed: Mapping[str, str] | None) -> None:
+    """Raise SkillError unless the host installed this skill with these exact files.
+
+    ``allowed`` is the host's record (name -> content hash); None skips the
+    check, which only the host's own validation and parsing tests do.
+    """
+    if allowed is None:
+        return
+    want = allowed.get(folder)
+    if want is None:
+        raise SkillError(NOT_INSTALLED)
+    try:
+        found = skill_hash(workspace, folder)
+    except WorkspaceError as exc:
+        raise SkillError(str(exc)) from exc
+    if found != want:
+        raise SkillError(CHANGED)
+
+
+def scan_skills(
+    workspace: Path,
+    allowed: Mapping[str, str] | None = None,
+    *,
+    use_yaml: bool | None = None,
+) -> SkillIndex:
+    """Every well-formed skill under skills/ (that the host installed, when
+    ``allowed`` is given), and every other folder with a reason."""
     index = SkillIndex()
     try:
         real = os.path.join(os.path.realpath(workspace), *confined_parts(workspace, "skills"))
@@ -268,13 +299,22 @@ def scan_skills(workspace: Path, *, use_yaml: bool | None = None) -> SkillIndex:
             index.skipped.append((folder, "folder name is not a valid skill name"))
             continue
         try:
-            index.skills.append(_read_skill(workspace, folder, use_yaml)[0])
-        except SkillError as exc:
+            info = _read_skill(workspace, folder, use_yaml)[0]
+            check_installed(workspace, folder, allowed)
+            index.skills.append(info)
+        except (SkillError, WorkspaceError) as exc:
             index.skipped.append((folder, str(exc)))
     if len(index.skills) > MAX_INDEXED:
         index.skipped += [(s.name, "too many skills") for s in index.skills[MAX_INDEXED:]]
         del index.skills[MAX_INDEXED:]
     return index
+
+
+def unverified_index(workspace: Path, why: str) -> SkillIndex:
+    """No skills, because the host could not say which are installed."""
+    index = scan_skills(workspace)
+    reason = f"the host could not be asked which skills are installed ({why})"
+    return SkillIndex([], [(s.name, reason) for s in index.skills] + index.skipped)
 
 
 def index_text(index: SkillIndex) -> str:
@@ -288,9 +328,20 @@ def index_text(index: SkillIndex) -> str:
     return "\n".join(lines)
 
 
-def load_skill(workspace: Path, name: str, *, use_yaml: bool | None = None) -> str:
-    """The full instructions of one skill, read when the agent asks for it."""
+def load_skill(
+    workspace: Path,
+    name: str,
+    allowed: Mapping[str, str] | None = None,
+    *,
+    use_yaml: bool | None = None,
+) -> str:
+    """The full instructions of one skill, read when the agent asks for it
+    (only one the host installed, unchanged, when ``allowed`` is given)."""
     if not NAME_RE.match(name):
         raise SkillError(f"{name!r} is not a skill name")
+    try:
+        check_installed(workspace, name, allowed)
+    except WorkspaceError as exc:
+        raise SkillError(str(exc)) from exc
     _info, body = _read_skill(workspace, name, use_yaml)
     return body.strip() + "\n"

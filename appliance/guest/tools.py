@@ -24,7 +24,7 @@ from typing import Any
 from . import workspace as ws
 from .hostapi import HostApi, HostApiError
 from .shell import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, run_shell
-from .skills import SkillError, index_text, load_skill, scan_skills
+from .skills import SkillError, SkillIndex, index_text, load_skill, scan_skills, unverified_index
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,16 @@ def _rel(workspace: Path, path: str) -> str:
     return path.removeprefix("./")
 
 
+def _refuse_skills(workspace: Path, rel: str) -> None:
+    """Skills come from the owner only: the file tools do not write under skills/."""
+    comps = ws.confined_parts(workspace, rel)
+    if rel.split("/", 1)[0] == "skills" or comps[0] == "skills":
+        raise ToolError(
+            "skills are installed by the owner with `clawden skill add`; "
+            "ask your owner instead of writing under skills/"
+        )
+
+
 @dataclass
 class ToolContext:
     workspace: Path
@@ -153,11 +163,13 @@ def _file_tools(c: ToolContext) -> list[Tool]:
         rel, content = _rel(c.workspace, a["path"]), a["content"]
         if len(content.encode()) > MAX_WRITE:
             raise ToolError(f"a file written at once is limited to {MAX_WRITE} bytes")
+        _refuse_skills(c.workspace, rel)
         ws._write_confined(c.workspace, rel, content, append=bool(a.get("append")))
         return f"wrote {len(content)} characters to {rel}"
 
     def edit(a: dict[str, Any]) -> str:
         rel, old, new = _rel(c.workspace, a["path"]), a["old"], a["new"]
+        _refuse_skills(c.workspace, rel)
         text, size = ws.read_confined(c.workspace, rel, MAX_WRITE)
         if size > MAX_WRITE:
             raise ToolError(f"{rel} is larger than {MAX_WRITE} bytes; edit it with the shell")
@@ -213,6 +225,16 @@ def _file_tools(c: ToolContext) -> list[Tool]:
     ]
 
 
+def verified_skills(c: ToolContext) -> SkillIndex:
+    """The skills the host installed and whose files are unchanged; none
+    (each listed as skipped, with why) when the host cannot be asked."""
+    try:
+        allowed = c.host.installed_skills()
+    except HostApiError as exc:
+        return unverified_index(c.workspace, str(exc))
+    return scan_skills(c.workspace, allowed)
+
+
 def _memory_tools(c: ToolContext) -> list[Tool]:
     def read(a: dict[str, Any]) -> str:
         return ws.memory_read(c.workspace, a.get("name") or "MEMORY.md")
@@ -225,10 +247,13 @@ def _memory_tools(c: ToolContext) -> list[Tool]:
         return f"remembered in {ws.memory_append(c.workspace, a['text'], c.clock())}"
 
     def skills_list(a: dict[str, Any]) -> str:
-        return index_text(scan_skills(c.workspace)) or "no skills are installed"
+        index = verified_skills(c)
+        lines = [index_text(index) or "no skills are installed"]
+        lines += [f"not available: {name}: {why}" for name, why in index.skipped]
+        return "\n".join(lines)
 
     def skill_load(a: dict[str, Any]) -> str:
-        return load_skill(c.workspace, a["name"])
+        return load_skill(c.workspace, a["name"], c.host.installed_skills())
 
     return [
         Tool(

@@ -19,6 +19,10 @@ import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # skills imports this module; the type is only needed for checking
+    from .skills import SkillIndex
 
 DEFAULT_PER_FILE_CAP = 20_000  # characters; OpenClaw's bootstrapMaxChars default
 DEFAULT_TOTAL_CAP = 60_000
@@ -176,7 +180,12 @@ def _daily_name(day: datetime) -> str:
 
 
 def _load_parts(
-    workspace: Path, now: datetime, cap: int, names: tuple[str, ...], reports: list[PartReport]
+    workspace: Path,
+    now: datetime,
+    cap: int,
+    names: tuple[str, ...],
+    reports: list[PartReport],
+    skills: SkillIndex | None = None,
 ) -> dict[str, tuple[str, str, bool]]:
     """Name -> (label, body capped to ``cap``, was it cut) for every part read."""
     aliases = {"@today": _daily_name(now), "@yesterday": _daily_name(now - timedelta(days=1))}
@@ -186,7 +195,9 @@ def _load_parts(
             # Imported here, not at the top: skills reads files through this module.
             from .skills import index_text, scan_skills
 
-            body = index_text(scan_skills(workspace))
+            index = scan_skills(workspace) if skills is None else skills
+            reports += [PartReport(f"skills/{n}", "skipped", why) for n, why in index.skipped]
+            body = index_text(index)
             if body:
                 loaded[key] = ("Skills (load one by name when a task needs it)", body, False)
             continue
@@ -241,15 +252,25 @@ def _render(
 
 
 def assemble_system_prompt(
-    workspace: Path, now: datetime, *, per_file_cap: int, total_cap: int, first_run: bool
+    workspace: Path,
+    now: datetime,
+    *,
+    per_file_cap: int,
+    total_cap: int,
+    first_run: bool,
+    skills: SkillIndex | None = None,
 ) -> AssembledPrompt:
-    """The workspace part of the system prompt, never longer than ``total_cap``."""
+    """The workspace part of the system prompt, never longer than ``total_cap``.
+
+    ``skills`` is the host-verified index the agent passes; None scans the
+    folder unchecked (parsing tests, the host's own import preview).
+    """
     reports: list[PartReport] = []
     order: tuple[str, ...] = _ORDER + _ORDER_TAIL
     if not first_run:
         order = tuple(k for k in order if k != "BOOTSTRAP.md")
         reports.append(PartReport("BOOTSTRAP.md", "skipped", "not the first run"))
-    loaded = _load_parts(workspace, now, per_file_cap, order, reports)
+    loaded = _load_parts(workspace, now, per_file_cap, order, reports, skills)
     header = f"# Workspace context ({now.strftime('%Y-%m-%d %H:%M')})\n"
     priority = tuple(k for k in _PRIORITY if k in order)
     text = _render(loaded, total_cap, header, order, priority, reports)

@@ -267,6 +267,8 @@ class ScriptedModelServer:
         self.api_key = api_key
         self.log_path = log_path
         self.requests: list[dict[str, Any]] = []  # what the log file holds, for tests
+        # Per answered request: path, arrival (epoch s) and handling time (s).
+        self.timings: list[dict[str, Any]] = []
         self._log_lock = threading.Lock()
         self._httpd = _Httpd(("127.0.0.1", port), _Handler)
         self._httpd.owner = self
@@ -304,6 +306,10 @@ class ScriptedModelServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def timed(self, path: str, received_at: float, handled_s: float) -> None:
+        with self._log_lock:
+            self.timings.append({"path": path, "received_at": received_at, "handled_s": handled_s})
 
     def log(self, record: dict[str, Any]) -> None:
         with self._log_lock:
@@ -353,6 +359,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Httpd
     timeout = 60  # an idle keep-alive client cannot pin a thread forever
+    # TCP_NODELAY, as real model servers set it: headers and body go out in
+    # two writes, and with Nagle the body waits for the client's delayed ACK
+    # (~40 ms per call on Linux keep-alive connections).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802
         self._handle(None)
@@ -367,6 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle(body)
 
     def _handle(self, body: Any) -> None:
+        received_at, started = time.time(), time.perf_counter()
         owner = self.server.owner
         ok = owner.authorized(self.headers.get("Authorization"))
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
@@ -379,6 +390,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "body": body,
             }
         )
+        try:
+            self._answer(owner, ok, body)
+        finally:
+            # How long this "model" took, from the request read to the answer
+            # sent: benchmarks subtract it to report what is not model time.
+            owner.timed(self.path, received_at, time.perf_counter() - started)
+
+    def _answer(self, owner: ScriptedModelServer, ok: bool, body: Any) -> None:
         path = self.path.split("?", 1)[0]
         result: tuple[int, Any]
         if not ok:

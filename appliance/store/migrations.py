@@ -186,6 +186,53 @@ def m006_schedules_and_messages(db: Database) -> None:
     )
 
 
+def m007_skills(db: Database) -> None:
+    # What the owner installed on each claw, with the content hash shown at
+    # install time: the guest indexes only skills whose files still hash to
+    # this, so a skill the claw wrote or edited itself is never loaded.
+    _script(
+        db,
+        """
+        CREATE TABLE skills (
+            claw TEXT NOT NULL,
+            name TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            installed_at TEXT NOT NULL,
+            source TEXT NOT NULL,
+            PRIMARY KEY (claw, name)
+        ) STRICT;
+        """,
+    )
+
+
+def m008_approvals(db: Database) -> None:
+    # What a claw asked its admin to approve (appliance/approvals.py). The
+    # action and details are untrusted text, stored exactly as received;
+    # sha256 pins them (with the claw) so the operator decides on exactly
+    # what was shown. No foreign key to claws: `claw destroy` removes them.
+    _script(
+        db,
+        """
+        CREATE TABLE approvals (
+            id TEXT PRIMARY KEY,
+            claw TEXT NOT NULL,
+            action TEXT NOT NULL,
+            details TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+            reason TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            decided_at TEXT,
+            decided_by TEXT
+        ) STRICT;
+        CREATE INDEX approvals_claw ON approvals (claw, status, created_at);
+        CREATE INDEX approvals_pending ON approvals (expires_at) WHERE status = 'pending';
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     (1, "claws", m001_claws),
     (2, "keys", m002_keys),
@@ -193,4 +240,6 @@ MIGRATIONS: list[Migration] = [
     (4, "audit_log", m004_audit_log),
     (5, "llm_usage", m005_llm_usage),
     (6, "schedules_and_messages", m006_schedules_and_messages),
+    (7, "skills", m007_skills),
+    (8, "approvals", m008_approvals),
 ]

@@ -58,6 +58,7 @@ def local_sshd(workdir: Path, permit_listen: str = "127.0.0.1:*") -> Iterator[Lo
         "AllowTcpForwarding remote\nPermitOpen none\n"
         f"PermitListen {permit_listen}\n"
         f"AllowUsers {user}\nLogLevel ERROR\n"
+        "Subsystem sftp internal-sftp\n"  # the guest's sshd has it (skills, imports)
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     sock = workdir / "control.sock"

@@ -18,6 +18,7 @@ import pytest
 
 from appliance.guest.hostapi import FakeHostApi, HostApiError, HttpHostApi
 from appliance.guest.shell import run_shell
+from appliance.guest.skillhash import skill_hash
 from appliance.guest.tools import ToolBox, ToolContext, default_toolbox
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "openclaw-new"
@@ -141,7 +142,8 @@ def test_memory_append_search_and_read(box: ToolBox, workspace: Path) -> None:
     assert run(box, "memory_read", name="SOUL.md").startswith("error: 'SOUL.md' is not a memory")
 
 
-def test_skills_list_and_load(box: ToolBox) -> None:
+def test_skills_list_and_load(box: ToolBox, workspace: Path, host: FakeHostApi) -> None:
+    host.skills = {"weather-report": skill_hash(workspace, "weather-report")}  # host-installed
     assert run(box, "skills_list").startswith("- weather-report: ")
     assert run(box, "skill_load", name="weather-report").strip()
     assert run(box, "skill_load", name="../x").startswith("error: ")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,16 +23,18 @@ import pytest
 from sqlite_utils import Database
 
 from appliance.app import service_registry
+from appliance.approvals import ApprovalRepository
 from appliance.channel.egress_stub import CODE, REASON, egress_stub_service
-from appliance.channel.hostapi import APPROVALS_STUB_REASON, host_api_service
+from appliance.channel.hostapi import host_api_service
 from appliance.channel.services import ClawIdentity, ForwardedService, ServiceRegistry
 from appliance.channel.transport import ChannelTarget, open_transport
 from appliance.config import Settings
 from appliance.core.model import Claw, ClawState
-from appliance.guest.hostapi import HostApiError, HttpHostApi
+from appliance.guest.hostapi import Approval, HostApiError, HttpHostApi
 from appliance.messages import MessageRepository
 from appliance.schedule import ensure_heartbeat
 from appliance.store import ClawRepository, open_db
+from appliance.store.skills import SkillRepository
 from tests.support.local_sshd import LocalSshd, local_sshd, sshd_available
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs openssh-server and socat")
@@ -147,14 +151,42 @@ def test_each_claw_sees_and_changes_only_its_own_schedules(
     assert [j["kind"] for j in alice.list_schedules()] == ["heartbeat"]
 
 
-def test_approvals_are_denied_until_they_exist(
-    two_claws: tuple[HttpHostApi, HttpHostApi],
+def _decide_when_asked(db: Database, approved: bool, reason: str | None = None) -> str:
+    """Play the admin: wait for alice's request to appear, then decide it."""
+    repo = ApprovalRepository(db)
+    deadline = time.monotonic() + 10
+    while not (pending := repo.list("alice")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [approval] = pending
+    repo.decide(approval.id, approved, by="cli", reason=reason)
+    return approval.id
+
+
+def test_a_claw_waits_for_its_admin_and_sees_the_decision(
+    two_claws: tuple[HttpHostApi, HttpHostApi], db: Database
 ) -> None:
-    alice, _ = two_claws
-    approval = alice.request_approval("send an email", "to grandma", 60)
-    assert (approval.status, approval.reason) == ("denied", APPROVALS_STUB_REASON)
-    raw = alice._call("POST", "/v1/approvals/wait", {"id": "x", "wait_s": 5})
-    assert raw == {"id": "x", "status": "denied", "reason": APPROVALS_STUB_REASON}
+    alice, bob = two_claws
+    for approved, reason, expected in (
+        (True, None, ("approved", "approved by your admin")),
+        (False, "not today", ("denied", "not today")),
+    ):
+        got: list[Approval] = []
+        claw = threading.Thread(
+            target=lambda out: out.append(alice.request_approval("email.send", "to grandma", 60)),
+            args=(got,),
+        )
+        claw.start()
+        approval_id = _decide_when_asked(db, approved, reason)
+        claw.join(timeout=15)
+        assert not claw.is_alive()
+        assert (got[0].id, got[0].status, got[0].reason) == (approval_id, *expected)
+    # Bob can neither read nor learn about Alice's request.
+    with pytest.raises(HostApiError, match=f"you have no approval request '{approval_id}'"):
+        bob._call("POST", "/v1/approvals/wait", {"id": approval_id, "wait_s": 1})
+    raw = alice._call("POST", "/v1/approvals/wait", {"id": approval_id, "wait_s": 5})
+    assert raw == {"id": approval_id, "status": "denied", "reason": "not today"}
+    with pytest.raises(HostApiError, match="newline or other control character"):
+        alice.request_approval("email.send\nrm -rf /", "x", 10)
 
 
 def test_malformed_bodies_get_a_json_error(
@@ -219,3 +251,14 @@ def test_the_registry_serves_all_three_ports_and_the_gateway_explains_no_upstrea
         assert error["code"] == "gateway_misconfigured" and error["type"] == "server_error"
     finally:
         transport.close()
+
+
+def test_each_claw_sees_only_the_skills_installed_on_it(
+    two_claws: tuple[HttpHostApi, HttpHostApi], db: Database
+) -> None:
+    alice, bob = two_claws
+    assert alice.installed_skills() == {}
+    SkillRepository(db).record("alice", "weather-report", "a" * 64, "weather.tgz")
+    SkillRepository(db).record("alice", "weather-report", "b" * 64, "weather.tgz")  # reinstall
+    assert alice.installed_skills() == {"weather-report": "b" * 64}
+    assert bob.installed_skills() == {}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.approvals import ApprovalRepository
 from appliance.config import Settings
 from appliance.controller.context import Context
 from appliance.controller.lifecycle import Lifecycle
@@ -21,7 +22,10 @@ from appliance.errors import ClawdenError, Conflict, IntegrityError, Unavailable
 from appliance.hypervisor.domain import Accelerator
 from appliance.hypervisor.fake import FakeHypervisor
 from appliance.image.manifest import artefact_entry, write_manifest
+from appliance.messages import MessageRepository
+from appliance.schedule import ScheduleRepository
 from appliance.store import open_db
+from appliance.store.skills import SkillRepository
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-img") is None or shutil.which("mkfs.ext4", path="/usr/sbin:/sbin") is None,
@@ -271,3 +275,22 @@ def test_two_installations_on_one_libvirt_never_touch_each_others_claws(
         assert Lifecycle(ctx).verified_image().version  # ours still fine
     finally:
         other.db.close()
+
+
+def test_create_adds_the_heartbeat_and_destroy_forgets_everything_of_the_claw(
+    ctx: Context,
+) -> None:
+    Lifecycle(ctx).create(ClawSpec("alice", "Alice"))
+    beat = ScheduleRepository(ctx.db).heartbeat("alice")
+    assert beat is not None and beat.enabled and beat.spec == "every=30m"
+    MessageRepository(ctx.db).add("alice", "in", "cli", "operator", "hi", kind="chat")
+    ApprovalRepository(ctx.db).request("alice", "buy tulips", "12 tulips", 60)
+    SkillRepository(ctx.db).record("alice", "weather", "0" * 64, "test")
+    ctx.db.execute(
+        "INSERT INTO llm_calls (claw, ts, model, status) VALUES ('alice', '2026', 'm', 'ok')"
+    )
+    Lifecycle(ctx).destroy("alice")
+    for table in ("schedules", "messages", "approvals", "skills"):
+        assert list(ctx.db.query(f"SELECT * FROM {table} WHERE claw = 'alice'")) == [], table
+    # Spending stays on record after the claw is gone.
+    assert len(list(ctx.db.query("SELECT * FROM llm_calls WHERE claw = 'alice'"))) == 1
