@@ -1,11 +1,13 @@
 """Run every benchmark one after the other and write one JSON results file.
 
     .venv/bin/python -m bench.run_all [--runs 3] [--cold 2] [--cached 3] [--idle 30]
-                                      [--only boot,memory,build]
+                                      [--rounds 200] [--says 5]
+                                      [--only boot,memory,build,gateway,tokens,say]
 
 Writes ``bench/results/<UTC time>.json`` (gitignored) and prints its path.
-Each part waits for the machine to be quiet (no pytest) before it starts, and
-a part that fails is recorded with its error so the others still run.
+Each part waits for the machine to be quiet (no pytest) before it starts,
+except ``tokens`` (counts, not timings: it records the load instead), and a
+part that fails is recorded with its error so the others still run.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import boot_ready, image_build, memory
+from bench import boot_ready, gateway_overhead, idle_tokens, image_build, memory, say_roundtrip
 from bench._common import machine, say, unwind_on_sigterm
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -31,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold", type=int, default=2, help="cold image builds (default 2)")
     p.add_argument("--cached", type=int, default=3, help="cached image builds (default 3)")
     p.add_argument("--idle", type=float, default=30.0, help="memory: idle seconds (default 30)")
-    p.add_argument("--only", default="boot,memory,build", help="comma-separated parts to run")
+    p.add_argument("--rounds", type=int, default=200, help="gateway: measured rounds (default 200)")
+    p.add_argument("--says", type=int, default=5, help="say: measured says (default 5)")
+    p.add_argument(
+        "--only",
+        default="boot,memory,build,gateway,tokens,say",
+        help="comma-separated parts to run",
+    )
     p.add_argument(
         "--into", type=Path, help="update this results file (e.g. to redo one part) instead"
     )
@@ -41,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parts: dict[str, Callable[[], dict[str, Any]]] = {
         "boot": lambda: boot_ready.measure(args.runs),
         "memory": lambda: memory.measure(args.idle),
+        # No VM: the gateway's latency and an idle claw's tokens.
+        "gateway": lambda: gateway_overhead.measure(args.rounds),
+        "tokens": idle_tokens.measure,
+        "say": lambda: say_roundtrip.measure(args.says),
         # Last: a cold build saturates both cores and the network.
         "build": lambda: image_build.measure(args.cold, args.cached),
     }

@@ -1,0 +1,164 @@
+"""``clawden claw say`` round trip, excluding model time, in a real VM.
+
+One claw in a private ``CLAWDEN_HOME`` (image from the shared cache) under a
+real ``clawden serve``; ``llm.toml`` points the gateway at a scripted
+OpenAI-compatible upstream on this host that answers at once with a fixed
+text. Each say's figure is the wall time of the CLI command (``clawden claw
+say NAME TEXT``: CLI → controller → SSH exec of ``clawden-agent deliver`` in
+the guest → the agent → the gateway over the channel → the upstream and
+back), minus the upstream's own handling time of the calls made during it
+(``ScriptedModelServer.timings``) — the "model time".
+
+The breakdown, interleaved with the says (each round: say, then the rest):
+
+``exec_true``          ``clawden claw exec NAME -- true``: CLI start, the
+                       controller RPC and one SSH exec round trip.
+``exec_python``        ``… -- python3 -c pass``: plus the guest's Python start.
+``exec_agent_start``   ``… -- sh -c 'echo {} | clawden-agent deliver'``: the
+                       agent's start and imports, refusing the empty event
+                       before any model or workspace work (exit 2).
+``exec_openai_import`` ``… -- python3 -P -s -c 'import openai'`` with the
+                       wrapper's ``PYTHONPATH``: what the first model call
+                       adds on top of the agent's start.
+
+The first say after ``create`` (the agent seeds the starter workspace and its
+history) is reported apart from the steady-state ones.
+
+    .venv/bin/python -m bench.say_roundtrip [--says 5]    # prints one JSON object
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from appliance.llm.scripted import ScriptedModelServer
+from bench._common import (
+    Home,
+    bench_home,
+    controller,
+    ensure_image,
+    machine,
+    say,
+    summary,
+    unwind_on_sigterm,
+    wait_for_quiet,
+    with_retries,
+)
+from bench._rig import UPSTREAM_KEY, llm_toml
+
+NAME = "bench-say-1"
+MEMBER = "Bench"
+MODEL = "bench-model"
+REPLY = "Hello from the bench."
+TEXT = "hello, are you there?"
+SCENARIO = {
+    "models": [MODEL],
+    "steps": [{"name": "answer at once", "repeat": True, "reply": {"content": REPLY}}],
+}
+AGENT_PATH = "PYTHONPATH=/opt/clawden/site:/opt/clawden PYTHONDONTWRITEBYTECODE=1"
+BREAKDOWN: dict[str, list[str]] = {
+    "exec_true": ["true"],
+    "exec_python": ["python3", "-c", "pass"],
+    "exec_agent_start": ["sh", "-c", "echo {} | clawden-agent deliver; test $? -eq 2"],
+    "exec_openai_import": [
+        "sh",
+        "-c",
+        f"{AGENT_PATH} exec python3 -P -s -c 'import openai'",
+    ],  # fmt: skip
+}
+
+
+def _timed(home: Home, *args: str) -> tuple[float, str]:
+    started = time.monotonic()
+    out = home.clawden(*args, timeout=600)
+    return time.monotonic() - started, out.stdout
+
+
+def one_say(home: Home, upstream: ScriptedModelServer) -> dict[str, float]:
+    first = len(upstream.timings)
+    wall, out = _timed(home, "claw", "say", NAME, TEXT, "--timeout", "600")
+    if REPLY not in out:
+        raise RuntimeError(f"say answered {out!r}, expected {REPLY!r}")
+    calls = upstream.timings[first:]
+    chats = [t for t in calls if t["path"].startswith("/v1/chat/completions")]
+    if not chats:
+        raise RuntimeError("the say reached no model")
+    model_s = sum(t["handled_s"] for t in calls)
+    return {
+        "wall_s": wall,
+        "model_s": model_s,
+        "excl_model_s": wall - model_s,
+        "upstream_calls": len(calls),
+    }
+
+
+def measure_in_vm(home: Home, says: int) -> dict[str, Any]:
+    with ScriptedModelServer(SCENARIO, api_key=UPSTREAM_KEY) as upstream:
+        config = home.path / "llm.toml"
+        config.write_text(llm_toml(upstream.base_url, UPSTREAM_KEY, [MODEL]))
+        config.chmod(0o600)
+        with controller(home):
+            say(f"say: creating {NAME}")
+            create_s, _ = _timed(
+                home, "claw", "create", NAME, "--member", MEMBER, "--timeout", "400"
+            )
+            say(f"say: {NAME} ready after {create_s:.1f} s; first say")
+            first = one_say(home, upstream)
+            rounds: list[dict[str, Any]] = []
+            for i in range(1, says + 1):
+                r: dict[str, Any] = {"say": one_say(home, upstream)}
+                for part, argv in BREAKDOWN.items():
+                    r[part], _ = _timed(home, "claw", "exec", NAME, "--", *argv)
+                say(
+                    f"say {i}/{says}: {r['say']['wall_s']:.2f} s "
+                    f"(model {r['say']['model_s'] * 1000:.1f} ms), exec true {r['exec_true']:.2f} s"
+                )
+                rounds.append(r)
+            destroy_s, _ = _timed(home, "claw", "destroy", NAME, "--yes")
+    return {"create_s": round(create_s, 2), "destroy_s": round(destroy_s, 2),
+            "first_say": {k: round(v, 4) for k, v in first.items()}, "rounds": rounds}  # fmt: skip
+
+
+def aggregate(raw: dict[str, Any]) -> dict[str, Any]:
+    rounds = raw["rounds"]
+
+    def of(pick: Callable[[dict[str, Any]], float]) -> dict[str, Any]:
+        return summary([pick(r) for r in rounds])
+
+    out: dict[str, Any] = {
+        "says": len(rounds),
+        "say_wall_s": of(lambda r: r["say"]["wall_s"]),
+        "say_model_ms": summary([r["say"]["model_s"] * 1000 for r in rounds]),
+        "say_excl_model_s": of(lambda r: r["say"]["excl_model_s"]),
+        "upstream_calls_per_say": of(lambda r: r["say"]["upstream_calls"]),
+    }
+    for part in BREAKDOWN:
+        out[part + "_s"] = summary([r[part] for r in rounds])
+    return {**out, **{k: v for k, v in raw.items() if k != "rounds"}, "raw_rounds": rounds}
+
+
+def measure(says: int = 5) -> dict[str, Any]:
+    wait_for_quiet()
+    with bench_home("bench-say") as home:
+        prep = ensure_image(home)
+        done = with_retries("say", lambda: measure_in_vm(home, says), attempts=4)
+    notes = {k: v for k, v in done.items() if k != "result"}
+    return {"machine": machine(), **prep, **notes, **aggregate(done["result"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--says", type=int, default=5, help="measured says (default 5)")
+    args = p.parse_args(argv)
+    unwind_on_sigterm()
+    print(json.dumps(measure(args.says), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
