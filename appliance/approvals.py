@@ -31,7 +31,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from appliance.errors import Conflict, InvalidInput, NotFound
-from appliance.store.tx import locked, transaction
+from appliance.store.tx import from_iso, locked, to_iso, transaction
 
 MAX_ACTION_CHARS = 100
 MAX_DETAILS_CHARS = 4000
@@ -51,15 +51,6 @@ Clock = Callable[[], datetime]
 
 def utc_clock() -> datetime:
     return datetime.now(UTC)
-
-
-def _to_iso(moment: datetime) -> str:
-    """The store's timestamp form: sorts lexically, so SQL can compare it."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _from_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def request_hash(claw: str, action: str, details: str) -> str:
@@ -96,9 +87,9 @@ def _to_approval(row: dict[str, Any]) -> Approval:
         sha256=row["sha256"],
         status=row["status"],
         reason=row["reason"],
-        created_at=_from_iso(row["created_at"]),
-        expires_at=_from_iso(row["expires_at"]),
-        decided_at=None if row["decided_at"] is None else _from_iso(row["decided_at"]),
+        created_at=from_iso(row["created_at"]),
+        expires_at=from_iso(row["expires_at"]),
+        decided_at=None if row["decided_at"] is None else from_iso(row["decided_at"]),
         decided_by=row["decided_by"],
     )
 
@@ -189,8 +180,8 @@ class ApprovalRepository:
                     action,
                     details,
                     request_hash(claw, action, details),
-                    _to_iso(now),
-                    _to_iso(expires),
+                    to_iso(now),
+                    to_iso(expires),
                 ],
             )
             return self.require(approval_id)
@@ -245,7 +236,7 @@ class ApprovalRepository:
             self.db.execute(
                 "UPDATE approvals SET status = ?, reason = ?, decided_at = ?, decided_by = ?"
                 " WHERE id = ? AND status = 'pending'",
-                [status, reason or f"{status} by your admin", _to_iso(now), by, approval_id],
+                [status, reason or f"{status} by your admin", to_iso(now), by, approval_id],
             )
             return self.require(approval_id)
 
@@ -271,7 +262,7 @@ class ApprovalRepository:
         """Mark pending requests past ``expires_at`` expired. The check is a
         read (the claw's poll runs it 4 times a second); only an actual
         expiry takes the write lock."""
-        cutoff = _to_iso(now)
+        cutoff = to_iso(now)
         with locked(self.db):
             due = self.db.execute(
                 "SELECT 1 FROM approvals WHERE status = 'pending' AND expires_at <= ? LIMIT 1",

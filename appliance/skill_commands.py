@@ -126,7 +126,7 @@ def skill_rm(args: argparse.Namespace) -> int:
             f"{printable(repr(args.skill))} is not a skill name", f"see `clawden skill list {claw}`"
         )
     ctx = build_context()
-    ctx.claws.require(claw)
+    record = ctx.claws.require(claw)
     # Dropping the record first is what matters: the claw stops indexing the
     # skill at its next message, whether or not its files can be removed now.
     if not SkillRepository(ctx.db).remove(claw, args.skill):
@@ -135,7 +135,7 @@ def skill_rm(args: argparse.Namespace) -> int:
             f"see `clawden skill list {claw}`",
         )
     ctx.audit.append(ctx.actor, "skill.rm", claw, {"skill": args.skill})
-    if ctx.claws.require(claw).state is not ClawState.RUNNING:
+    if record.state is not ClawState.RUNNING:
         print(f"removed skill {args.skill} from {claw}; it is no longer offered")
         print(f"note: {claw} is not running, so its files stay in skills/ (unused)")
         return 0

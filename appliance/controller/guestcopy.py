@@ -105,24 +105,20 @@ class _Guest:
 
     def ensure_dir(self, rel: str) -> None:
         """Create ``rel`` and its parents; refuse a link or file on the way."""
+        self.check_dirs(rel, create=True)
+
+    def check_dirs(self, rel: str, *, create: bool = False) -> None:
+        """Refuse if an existing component of ``rel`` is not a real folder;
+        a missing one is created with ``create``, else the walk stops there."""
         walked = ""
         for part in [p for p in rel.split("/") if p]:
             walked = f"{walked}/{part}" if walked else part
             found = self.kind(walked)
             if found is None:
+                if not create:
+                    return
                 self.sftp.mkdir(self.abs(walked), 0o755)
             elif found != "dir":
-                raise _blocked(walked, found)
-
-    def check_dirs(self, rel: str) -> None:
-        """Refuse if an existing component of ``rel`` is not a real folder."""
-        walked = ""
-        for part in [p for p in rel.split("/") if p]:
-            walked = f"{walked}/{part}" if walked else part
-            found = self.kind(walked)
-            if found is None:
-                return
-            if found != "dir":
                 raise _blocked(walked, found)
 
     def upload(self, local: Path, rel: str) -> None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from sqlite_utils import Database
 
 from appliance.llm.policy import Period, Totals, period_start
-from appliance.store.tx import locked, transaction
+from appliance.store.tx import locked, to_iso, transaction
 from appliance.textsafe import printable
 
 Clock = Callable[[], datetime]
@@ -22,11 +22,6 @@ Clock = Callable[[], datetime]
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def iso(ts: datetime) -> str:
-    """The store's timestamp format (see ``store.tx.utc_now``): sorts lexically."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -61,7 +56,7 @@ class UsageRepository:
                 " cost_usd, status, duration_ms, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     claw,
-                    iso(ts or self.clock()),
+                    to_iso(ts or self.clock()),
                     model,
                     max(0, int(prompt_tokens)),
                     max(0, int(completion_tokens)),
@@ -79,7 +74,7 @@ class UsageRepository:
                 "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
                 " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0)"
                 " FROM llm_calls WHERE claw = ? AND ts >= ?",
-                (claw, iso(since)),
+                (claw, to_iso(since)),
             ).fetchone()
         return Totals(int(row[0]), int(row[1]), int(row[2]), float(row[3]))
 
@@ -102,7 +97,7 @@ class UsageRepository:
             " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0),"
             " COALESCE(SUM(note LIKE 'no price%'), 0) FROM llm_calls WHERE ts >= ?"
         )
-        args: list[str] = [iso(start)]
+        args: list[str] = [to_iso(start)]
         if claw is not None:
             sql += " AND claw = ?"
             args.append(claw)

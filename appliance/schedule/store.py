@@ -8,31 +8,26 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlite_utils import Database
 
 from appliance.errors import Conflict, NotFound
 from appliance.schedule.model import CreatedBy, Job, JobKind, first_run
-from appliance.store.tx import locked, transaction
+from appliance.store.tx import from_iso, locked, to_iso, transaction
 
 # A runaway claw must not be able to fill the table (every job is a model
 # call waiting to happen); the operator has no such limit.
 MAX_CLAW_JOBS = 32
 
 
-def to_iso(when: datetime) -> str:
-    """The store's timestamp form (as ``tx.utc_now``): sorts lexically."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def from_iso(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
+def _from_iso(text: str | None) -> datetime | None:
+    return None if text is None else from_iso(text)
 
 
 def _to_job(row: dict[str, Any]) -> Job:
-    created = from_iso(row["created_at"])
+    created = _from_iso(row["created_at"])
     assert created is not None
     return Job(
         id=int(row["id"]),
@@ -44,8 +39,8 @@ def _to_job(row: dict[str, Any]) -> Job:
         created_by=CreatedBy(row["created_by"]),
         enabled=bool(row["enabled"]),
         created_at=created,
-        next_run_at=from_iso(row["next_run_at"]),
-        last_run_at=from_iso(row["last_run_at"]),
+        next_run_at=_from_iso(row["next_run_at"]),
+        last_run_at=_from_iso(row["last_run_at"]),
         last_status=row["last_status"],
     )
 

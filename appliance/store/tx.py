@@ -133,6 +133,15 @@ def before_commit(db: Database, hook: Callable[[], None]) -> None:
         state.before_commit.append(hook)
 
 
+def to_iso(moment: datetime) -> str:
+    """The store's timestamp form, ISO 8601 UTC with microseconds: it sorts
+    lexically, so SQL can compare it, and parses with ``from_iso``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
 def utc_now() -> str:
-    """ISO 8601 UTC with microseconds: sorts lexically, parses with fromisoformat."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return to_iso(datetime.now(UTC))

@@ -11,12 +11,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from appliance.llm.scripted import ScriptedModelServer
+from appliance.store.tx import from_iso, to_iso, utc_now
 from tests.integration.conftest import Env, RunningController, scripted_llm
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,7 @@ def _wait_for_beat(env: Env, after: str) -> str:
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc_now()
 
 
 def _write(env: Env, rel: str, text: str) -> None:
@@ -206,11 +207,8 @@ def test_budget_exhaustion_is_a_clear_reply_and_the_next_day_resumes(
         db = _db(clawden_env)
         try:
             for row in db.execute("SELECT id, ts FROM llm_calls WHERE claw = ?", (CLAW,)):
-                ts = datetime.strptime(row["ts"], "%Y-%m-%dT%H:%M:%S.%fZ") - timedelta(days=1)
-                db.execute(
-                    "UPDATE llm_calls SET ts = ? WHERE id = ?",
-                    (ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), row["id"]),
-                )
+                yesterday = to_iso(from_iso(row["ts"]) - timedelta(days=1))
+                db.execute("UPDATE llm_calls SET ts = ? WHERE id = ?", (yesterday, row["id"]))
             db.commit()
         finally:
             db.close()

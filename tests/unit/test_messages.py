@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,13 +10,6 @@ from sqlite_utils import Database
 from appliance.errors import InvalidInput
 from appliance.messages import MAX_TEXT_BYTES, MessageRepository
 from appliance.store import open_db
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = open_db(tmp_path / "clawden.db")
-    yield database
-    database.close()
 
 
 def test_round_trip_keeps_untrusted_text_exactly(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import multiprocessing
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,6 @@ from appliance.store import AuditLog, open_db
 
 ZERO = "0" * 64
 CONTENT = ("ts", "actor", "action", "target", "details", "prev_hash", "hash")
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = open_db(tmp_path / "clawden.db")
-    yield database
-    database.close()
 
 
 @pytest.fixture

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlite_utils import Database
 
 from appliance.core.model import Claw, ClawState
 from appliance.errors import Conflict, NotFound
-from appliance.store import ClawRepository, KeyRepository, open_db
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = open_db(tmp_path / "clawden.db")
-    yield database
-    database.close()
+from appliance.store import ClawRepository, KeyRepository
 
 
 def _claw(name: str = "alice", member: str = "Alice", **overrides: object) -> Claw:

@@ -6,7 +6,6 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from appliance.store import ClawRepository, SchemaTooNew, migrate, open_db
 from appliance.store.db import applied_migrations
 from appliance.store.migrations import MIGRATIONS
 from appliance.store.tx import transaction
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = open_db(tmp_path / "clawden.db")
-    yield database
-    database.close()
 
 
 def _mode(path: Path) -> int:
