@@ -233,8 +233,9 @@ class Controller:
         return conn.transport()
 
     def _scheduled_transport(self, claw: str) -> paramiko.Transport:
-        """A running claw's transport for the scheduler; a stopped claw is
-        reported as such (its jobs are skipped, not failed)."""
+        """A running claw's transport for the scheduler. A claw that is not
+        running is reported as such, without waiting: its heartbeat is then
+        recorded as skipped and its other jobs as failed, with that reason."""
         record = self._ctx.claws.require(claw)
         if record.state is not ClawState.RUNNING:
             raise Unavailable(
