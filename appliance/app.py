@@ -1,22 +1,35 @@
-"""The composition root: the one place adapters are chosen and wired together."""
+"""The composition root: the one place adapters are constructed and wired
+together, and the one place ``Settings`` is read from the environment.
+
+Everything below it takes what it needs as arguments: a ``Store`` (one
+SQLite connection with every repository), a ``Hypervisor``, an accelerator
+picker, the host services a claw reaches through its channel.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlite_utils import Database
-
-from appliance.channel.egress_stub import egress_stub_service
-from appliance.channel.hostapi import host_api_service
-from appliance.channel.services import ServiceRegistry
+from appliance.channel.forwarding import ServiceRegistry
 from appliance.config import Settings
 from appliance.controller.context import AcceleratorPicker, Context
-from appliance.core.ports import AcceleratorChoice
+from appliance.core.ports import AcceleratorChoice, Hypervisor
 from appliance.hypervisor.accel import choose_accelerator
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
-from appliance.llm.gateway import llm_gateway_service
-from appliance.store import open_db
-from appliance.store.audit import AuditLog
+from appliance.services.egress_stub import egress_stub_service
+from appliance.services.hostapi import host_api_service
+from appliance.services.llm_gateway import llm_gateway_service
+from appliance.store import Store
+
+
+def load_settings() -> Settings:
+    """The installation's settings, from the environment (``CLAWDEN_HOME``,
+    ``CLAWDEN_LIBVIRT_URI``, …); see ``appliance.config``."""
+    return Settings.from_env()
+
+
+def hypervisor(settings: Settings) -> Hypervisor:
+    return LibvirtHypervisor(settings.libvirt_uri)
 
 
 def accelerator_picker(settings: Settings) -> AcceleratorPicker:
@@ -32,30 +45,32 @@ def accelerator_picker(settings: Settings) -> AcceleratorPicker:
     return pick
 
 
+def open_store(settings: Settings) -> Store:
+    settings.ensure_dirs()  # before the database file, so the home gets its mode
+    return Store.open(settings.db_path, audit_head=settings.audit_head_path)
+
+
 def build_context(settings: Settings | None = None, actor: str = "cli") -> Context:
-    settings = settings or Settings.from_env()
-    settings.ensure_dirs()
+    settings = settings or load_settings()
     return Context(
         settings=settings,
-        db=open_db(settings.db_path),
-        hypervisor=LibvirtHypervisor(settings.libvirt_uri),
+        store=open_store(settings),
+        hypervisor=hypervisor(settings),
         pick_accelerator=accelerator_picker(settings),
         actor=actor,
     )
 
 
-def service_registry(settings: Settings, db: Database) -> ServiceRegistry:
-    """Every host service a claw can reach through its channel: the host API
-    (7701) on ``db``, the controller's store; the LLM gateway (7702), which
-    opens its own connection and reads ``llm.toml`` per call, so a missing
-    upstream is an OpenAI-shaped 503 to the claw, never a failed start; and
-    the egress stub (7703), which refuses until the egress proxy exists."""
+def service_registry(settings: Settings, store: Store) -> ServiceRegistry:
+    """Every host service a claw can reach through its channel, all on the
+    controller's ``store``: the host API (7701); the LLM gateway (7702), which
+    reads ``llm.toml`` per call, so a missing upstream is an OpenAI-shaped 503
+    to the claw, never a failed start; and the egress stub (7703), which
+    refuses until the egress proxy exists."""
     return ServiceRegistry(
         [
-            # The claws' approval requests are audited with the head file, as
-            # every other append is, so `audit verify` keeps passing.
-            host_api_service(db, AuditLog(db, head_file=settings.audit_head_path)),
-            llm_gateway_service(settings),
+            host_api_service(store),
+            llm_gateway_service(store, settings.home),
             egress_stub_service(),
         ]
     )

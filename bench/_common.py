@@ -288,7 +288,7 @@ def controller(home: Home) -> Iterator[Controller]:
 
     Raises ``Disturbed`` (whatever else failed) if another run appeared."""
     from appliance.controller import rpc
-    from appliance.errors import Unavailable
+    from appliance.core.errors import Unavailable
 
     log = home.path / "controller.log"
     sock = home.path / "run" / "controller.sock"

@@ -28,17 +28,17 @@ from typing import Any
 
 import paramiko
 
-from appliance.channel.egress_stub import egress_stub_service
-from appliance.channel.hostapi import host_api_service
-from appliance.channel.http import HttpService
+from appliance.channel.forwarding import ForwardedService, ServiceRegistry
 from appliance.channel.manager import ChannelManager
-from appliance.channel.services import ForwardedService, ServiceRegistry
 from appliance.channel.transport import ChannelTarget
 from appliance.config import Settings
 from appliance.core.model import Claw, ClawState
-from appliance.llm.gateway import llm_gateway_service
 from appliance.llm.scripted import ScriptedModelServer
-from appliance.store import ClawRepository, open_db
+from appliance.services.egress_stub import egress_stub_service
+from appliance.services.hostapi import host_api_service
+from appliance.services.http import HttpService
+from appliance.services.llm_gateway import llm_gateway_service
+from appliance.store import ClawRepository, Store, open_db
 from tests.support.local_sshd import local_sshd, sshd_available
 
 UPSTREAM_KEY = "sk-bench-upstream-key-0123456789"
@@ -119,9 +119,11 @@ def host_rig(scenario: Mapping[str, Any], claws: Sequence[str]) -> Iterator[Rig]
             config.chmod(0o600)
             db = open_db(settings.db_path)
             stack.callback(db.close)
+            store = Store(db)
             # What appliance.app.service_registry registers, each on a free port.
             services: list[ForwardedService] = [
-                host_api_service(db), llm_gateway_service(settings), egress_stub_service()
+                host_api_service(store), llm_gateway_service(store, settings.home),
+                egress_stub_service(),
             ]  # fmt: skip
             ports: dict[str, int] = {}
             for service in services:

@@ -46,8 +46,8 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from appliance.channel.http import HttpRequest, HttpService
-from appliance.channel.services import ClawIdentity
+from appliance.channel.forwarding import ClawIdentity
+from appliance.services.http import HttpRequest, HttpService
 from bench._common import busy_reason, machine, say, unwind_on_sigterm, wait_for_quiet
 from bench._rig import UPSTREAM_KEY, host_rig
 from bench._stats import latency_ms, ratios

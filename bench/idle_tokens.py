@@ -57,13 +57,13 @@ from typing import Any
 
 from appliance.controller.delivery import ChannelDelivery, deliver_event, fit_message
 from appliance.controller.heartbeat_source import ChannelHeartbeatSource
+from appliance.core.schedule import Job
 from appliance.guest.templates import seed_workspace
-from appliance.messages import MessageRepository
-from appliance.schedule import DEFAULT_HEARTBEAT_TEXT, ensure_heartbeat
-from appliance.schedule.model import Job
+from appliance.schedule.jobs import DEFAULT_HEARTBEAT_TEXT, ensure_heartbeat
 from appliance.schedule.runner import DeliveryResult, SchedulerRunner
-from appliance.schedule.store import ScheduleRepository
-from appliance.store import open_db
+from appliance.store import Store, open_db
+from appliance.store.messages import MessageRepository
+from appliance.store.schedules import ScheduleRepository
 from bench._common import busy_reason, machine, say, unwind_on_sigterm
 from bench._rig import Rig, host_rig
 
@@ -169,7 +169,7 @@ def simulate_day(rig: Rig, case: str) -> Day:
     claw, workspace, state = prepare(rig, case)
     db = open_db(rig.settings.db_path)
     try:
-        job = ensure_heartbeat(db, claw, "UTC")
+        job = ensure_heartbeat(Store(db), claw, "UTC")
         assert job.next_run_at is not None
         start = datetime.now(UTC)
         command = agent_command(rig, workspace, state)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import paramiko
 
+from appliance.channel import keys as channel_keys
 from appliance.channel.manager import HANG_UP_PAUSE
 from appliance.channel.transport import (
     ChannelTarget,
@@ -34,9 +35,9 @@ from appliance.channel.transport import (
     run_command,
 )
 from appliance.config import Settings
-from appliance.errors import Unavailable
+from appliance.core.errors import Unavailable
 from appliance.image.manifest import GoldenImage, latest_image, load_image
-from appliance.provisioning import disks, keys
+from provisioning import disks, keys
 
 CMDLINE = "root=/dev/vda ro console=ttyS0 panic=-1 net.ifnames=0"
 CHANNEL = "org.clawden.control"
@@ -170,7 +171,7 @@ def boot_plain_qemu(
             claw_json=disks.claw_identity("bench", "Bench"),
         ),
     )
-    client = keys.load_private_key(client_key.private_openssh)
+    client = channel_keys.load_private_key(client_key.private_openssh)
     sock_path = work / "control.sock"
 
     started = time.monotonic()

@@ -19,7 +19,7 @@ from enum import StrEnum
 
 import paramiko
 
-from appliance.channel.services import ClawIdentity, ServiceRegistry
+from appliance.channel.forwarding import ClawIdentity, ServiceRegistry
 from appliance.channel.transport import (
     BANNER_WINDOW,
     ChannelTarget,
@@ -28,7 +28,7 @@ from appliance.channel.transport import (
     disconnect,
     open_transport,
 )
-from appliance.errors import ClawdenError, Unavailable
+from appliance.core.errors import ClawdenError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import paramiko
 
-from appliance.errors import IntegrityError, Unavailable
-from appliance.provisioning.keys import load_public_key
+from appliance.channel.keys import load_public_key
+from appliance.core.errors import IntegrityError, Unavailable
 
 GUEST_USER = "claw"
 

@@ -6,11 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from appliance.config import Settings
 from appliance.core.ports import AcceleratorChoice, Hypervisor
-from appliance.store import AuditLog, ClawRepository, KeyRepository, OperationLog
+from appliance.store import AuditLog, ClawRepository, KeyRepository, OperationLog, Store
 
 Progress = Callable[[str], None]
 # Picks the accelerator for new domains, given the golden kernel and initrd;
@@ -25,13 +23,25 @@ def silent(_: str) -> None:
 @dataclass
 class Context:
     settings: Settings
-    db: Database
+    store: Store
     hypervisor: Hypervisor
     pick_accelerator: AcceleratorPicker
     actor: str = "cli"
 
-    def __post_init__(self) -> None:
-        self.claws = ClawRepository(self.db)
-        self.keys = KeyRepository(self.db)
-        self.ops = OperationLog(self.db)
-        self.audit = AuditLog(self.db, head_file=self.settings.audit_head_path)
+    # The repositories the lifecycle uses on almost every line, by their
+    # short names; everything else is ``ctx.store.<table>``.
+    @property
+    def claws(self) -> ClawRepository:
+        return self.store.claws
+
+    @property
+    def keys(self) -> KeyRepository:
+        return self.store.keys
+
+    @property
+    def ops(self) -> OperationLog:
+        return self.store.ops
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.store.audit

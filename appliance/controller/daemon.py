@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import paramiko
-
+from appliance.channel.exec import Transport
+from appliance.channel.forwarding import ServiceRegistry
 from appliance.channel.manager import ChannelManager, ClawConnection
-from appliance.channel.services import ServiceRegistry
 from appliance.channel.transport import ChannelTarget, run_command
 from appliance.controller.context import Context
 from appliance.controller.delivery import (
@@ -33,12 +32,10 @@ from appliance.controller.guestfiles import channel_target
 from appliance.controller.heartbeat_source import ChannelHeartbeatSource
 from appliance.controller.reconcile import RetryGate, reconcile
 from appliance.controller.rpc import Reply, RpcServer, encode_chunk
+from appliance.core.errors import ClawdenError, InvalidInput, NotFound, Unavailable
 from appliance.core.model import ClawState, domain_name, validate_claw_name
 from appliance.core.ports import DomainState
-from appliance.errors import ClawdenError, InvalidInput, NotFound, Unavailable
-from appliance.messages import MessageRepository
 from appliance.schedule.runner import SchedulerRunner, SchedulerThread
-from appliance.schedule.store import ScheduleRepository
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +63,13 @@ class Controller:
         self._stop = threading.Event()
         self._sync_lock = threading.Lock()
         self._gate = RetryGate()
-        self._messages = MessageRepository(self._ctx.db)
+        self._messages = self._ctx.store.messages
         # The guest command events are delivered to; tests point it elsewhere.
         self._agent_command = tuple(agent_command)
         self.channels = ChannelManager(registry, self._target_for, self._audit_event)
         self.scheduler = SchedulerThread(
             SchedulerRunner(
-                ScheduleRepository(self._ctx.db),
+                self._ctx.store.schedules,
                 ChannelDelivery(self._scheduled_transport, command=self._agent_command),
                 heartbeats=ChannelHeartbeatSource(self._scheduled_transport),
                 messages=self._messages,
@@ -88,7 +85,9 @@ class Controller:
                 "exec": self._exec,
                 "reconnect": self._reconnect,
                 "say": self._op_say,
-                "put_tree": put_tree_handler(self.transport_for),
+                "put_tree": put_tree_handler(
+                    self.transport_for, staging=self._ctx.settings.home / "tmp"
+                ),
             },
         )
 
@@ -224,7 +223,7 @@ class Controller:
         st = conn.status()
         return {"ready": ready, "state": st.state.value, "last_error": st.last_error}
 
-    def transport_for(self, claw: str, wait: float = 30.0) -> paramiko.Transport:
+    def transport_for(self, claw: str, wait: float = 30.0) -> Transport:
         """The claw's live transport, waiting up to ``wait`` s for its channel
         (for ``ChannelDelivery``); raises a ClawdenError saying why not."""
         conn, _ = self._ready_connection(claw, wait)
@@ -232,7 +231,7 @@ class Controller:
             conn = self._connection(claw)  # raises the informative NotFound
         return conn.transport()
 
-    def _scheduled_transport(self, claw: str) -> paramiko.Transport:
+    def _scheduled_transport(self, claw: str) -> Transport:
         """A running claw's transport for the scheduler. A claw that is not
         running is reported as such, without waiting: its heartbeat is then
         recorded as skipped and its other jobs as failed, with that reason."""

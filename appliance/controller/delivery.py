@@ -17,18 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import paramiko
-
-from appliance.channel.transport import CommandTimeout, run_command
-from appliance.errors import ClawdenError, InvalidInput, Unavailable
-from appliance.messages import MAX_TEXT_BYTES, Message, MessageRepository, check_text
-from appliance.schedule.model import Job, JobKind, parse_heartbeat
+from appliance.channel.exec import CommandTimeout, Transport, TransportFor, exec_capped
+from appliance.core.errors import ClawdenError, InvalidInput, Unavailable
+from appliance.core.messages import MAX_TEXT_BYTES, Message, check_text
+from appliance.core.schedule import Job, JobKind, parse_heartbeat
+from appliance.core.textsafe import printable
 from appliance.schedule.runner import DeliveryResult
-from appliance.textsafe import printable
+from appliance.store.messages import MessageRepository
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,6 @@ Reply = dict[str, Any]
 
 class AgentError(ClawdenError):
     """The agent answered with an error, or with something that is not a reply."""
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _cut(text: str) -> str:
@@ -148,7 +143,7 @@ def _failure(code: int, data: Any, claw: str) -> ClawdenError:
 
 
 def deliver_event(
-    transport: paramiko.Transport,
+    transport: Transport,
     event: dict[str, Any],
     timeout: float = DEFAULT_TIMEOUT,
     *,
@@ -158,38 +153,29 @@ def deliver_event(
     """Run the agent's ``deliver`` command with ``event`` on stdin; return its
     reply (``text``, ``status`` and the counters), or raise a ClawdenError."""
     payload = _check_event(event)
-    out = bytearray()
-    err = bytearray()
-
-    def on_stdout(chunk: bytes) -> None:
-        out.extend(chunk)
-        if len(out) > MAX_REPLY_BYTES:
-            raise _TooLarge  # closes the channel: the rest is not read
-
-    def on_stderr(chunk: bytes) -> None:
-        err.extend(chunk)
-        del err[:-_STDERR_KEPT]
-
     try:
-        code = run_command(
-            transport, shlex.join(command), on_stdout, on_stderr, timeout=timeout, stdin=payload
+        result = exec_capped(
+            transport,
+            shlex.join(command),
+            claw=claw,
+            doing="during the delivery",
+            timeout=timeout,
+            max_stdout=MAX_REPLY_BYTES,
+            stdin=payload,
+            keep_stderr=_STDERR_KEPT,
         )
-    except _TooLarge:
-        raise AgentError(
-            f"claw {claw!r}'s agent sent more than {MAX_REPLY_BYTES} bytes instead of one reply",
-            "check the agent in the image; the reply was dropped",
-        ) from None
     except CommandTimeout:
         raise Unavailable(
             f"claw {claw!r} did not reply within {timeout:.0f} s",
             "it may still be working (its history keeps the message); retry with a longer "
             "--timeout",
         ) from None
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        raise Unavailable(
-            f"the channel to claw {claw!r} dropped during the delivery ({type(exc).__name__})",
-            f"check `clawden claw status {claw}` and retry",
-        ) from None
+    if result.truncated:
+        raise AgentError(
+            f"claw {claw!r}'s agent sent more than {MAX_REPLY_BYTES} bytes instead of one reply",
+            "check the agent in the image; the reply was dropped",
+        )
+    code, out, err = result.exit_code, result.stdout, result.stderr_tail
     if code != 0:
         if err:
             # Guest text: escaped, newlines too, so it cannot forge log lines.
@@ -200,11 +186,11 @@ def deliver_event(
                 printable(err.decode("utf-8", "replace")).replace("\n", "\\n"),
             )
         try:
-            data = _one_json_line(bytes(out), claw)
+            data = _one_json_line(out, claw)
         except AgentError:
             data = None
         raise _failure(code, data, claw)
-    return _reply(_one_json_line(bytes(out), claw), claw)
+    return _reply(_one_json_line(out, claw), claw)
 
 
 def fit_message(text: str) -> str:
@@ -226,7 +212,7 @@ class Conversation:
 
 def converse(
     messages: MessageRepository,
-    transport: paramiko.Transport,
+    transport: Transport,
     claw: str,
     text: str,
     *,
@@ -266,9 +252,6 @@ def schedule_event(job: Job, reason: str) -> dict[str, Any]:
     if reason == "missed":
         text = f"(delivered late: the host was down at the scheduled time)\n{text}"
     return {"type": "schedule", "text": text, "channel": "schedule"}
-
-
-TransportFor = Callable[[str], paramiko.Transport]
 
 
 class ChannelDelivery:

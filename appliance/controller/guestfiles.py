@@ -12,27 +12,22 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.channel.keys import load_private_key
 from appliance.channel.transport import ChannelTarget
 from appliance.config import Settings
 from appliance.controller.context import Context
+from appliance.core.domain import Accelerator, DirectKernelBoot, Disk, DiskFormat, DomainSpec
+from appliance.core.errors import ClawdenError
 from appliance.core.model import Claw, domain_name
-from appliance.errors import ClawdenError
-from appliance.hypervisor.domain import (
-    Accelerator,
-    DirectKernelBoot,
-    Disk,
-    DiskFormat,
-    DomainSpec,
-)
 from appliance.image import GoldenImage
-from appliance.provisioning.disks import (
+from provisioning.disks import (
     GUEST_PORTS,
     SeedContent,
     authorized_keys_line,
     claw_identity,
     create_seed_disk,
 )
-from appliance.provisioning.keys import fingerprint_sha256, load_private_key, mint_ed25519
+from provisioning.keys import fingerprint_sha256, mint_ed25519
 
 GUEST_HOST_KEY = "guest_host"
 HOST_CLIENT_KEY = "host_client"

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Callable
 
-import paramiko
-
-from appliance.channel.transport import CommandTimeout, run_command
-from appliance.errors import Unavailable
+from appliance.channel.exec import CommandTimeout, TransportFor, exec_capped
+from appliance.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +28,6 @@ READ_TIMEOUT = 60.0
 # The exit code of the read command for "there is no HEARTBEAT.md" (cat's own
 # failures are 1, which must not be mistaken for an empty checklist).
 _MISSING = 3
-
-TransportFor = Callable[[str], paramiko.Transport]
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class ChannelHeartbeatSource:
@@ -59,44 +50,31 @@ class ChannelHeartbeatSource:
 
     def read(self, claw: str) -> str | None:
         transport = self._transport_for(claw)
-        out = bytearray()
-
-        def on_stdout(chunk: bytes) -> None:
-            out.extend(chunk)
-            if len(out) > MAX_HEARTBEAT_BYTES:
-                raise _TooLarge
-
         try:
             # `--` and a fixed path: nothing of the claw's reaches the command line.
-            code = run_command(
+            result = exec_capped(
                 transport,
                 f"test -e {shlex.quote(self._path)} || exit {_MISSING}; "
                 f"exec cat -- {shlex.quote(self._path)}",
-                on_stdout,
-                lambda _chunk: None,
+                claw=claw,
+                doing="while reading HEARTBEAT.md",
                 timeout=self._timeout,
-                stdin=b"",
+                max_stdout=MAX_HEARTBEAT_BYTES,
             )
-        except _TooLarge:
-            # A huge checklist is still a checklist: judge its first part.
-            log.info("claw %s: HEARTBEAT.md is larger than %d bytes", claw, MAX_HEARTBEAT_BYTES)
-            return bytes(out[:MAX_HEARTBEAT_BYTES]).decode("utf-8", "replace")
         except CommandTimeout:
             raise Unavailable(
                 f"reading claw {claw!r}'s HEARTBEAT.md took over {self._timeout:.0f} s",
                 f"check `clawden claw status {claw}`",
             ) from None
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise Unavailable(
-                f"the channel to claw {claw!r} dropped while reading HEARTBEAT.md "
-                f"({type(exc).__name__})",
-                f"check `clawden claw status {claw}`",
-            ) from None
-        if code == _MISSING:
+        if result.truncated:
+            # A huge checklist is still a checklist: judge its first part.
+            log.info("claw %s: HEARTBEAT.md is larger than %d bytes", claw, MAX_HEARTBEAT_BYTES)
+            return result.stdout.decode("utf-8", "replace")
+        if result.exit_code == _MISSING:
             return None
-        if code != 0:
+        if result.exit_code != 0:
             raise Unavailable(
-                f"reading claw {claw!r}'s HEARTBEAT.md failed (exit {code})",
+                f"reading claw {claw!r}'s HEARTBEAT.md failed (exit {result.exit_code})",
                 f"check `clawden claw exec {claw} -- ls -l {self._path}`",
             )
-        return out.decode("utf-8", "replace")
+        return result.stdout.decode("utf-8", "replace")

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance.approvals import ApprovalRepository
 from appliance.controller.context import Context, Progress, silent
 from appliance.controller.guestfiles import (
     ClawFiles,
@@ -24,17 +23,14 @@ from appliance.controller.guestfiles import (
     domain_uuid,
     provision_seed,
 )
+from appliance.core.errors import ClawdenError, Conflict, InvalidInput
 from appliance.core.model import Claw, ClawSpec, ClawState, domain_name
 from appliance.core.ports import DomainState
-from appliance.errors import ClawdenError, Conflict, InvalidInput
 from appliance.image import GoldenImage, latest_image, verify_image
-from appliance.messages import MessageRepository
-from appliance.provisioning.disks import create_data_disk, create_root_overlay
-from appliance.schedule import ensure_heartbeat
-from appliance.schedule.store import ScheduleRepository
+from appliance.schedule.jobs import ensure_heartbeat
 from appliance.store import Operation
 from appliance.store.operations import pid_alive
-from appliance.store.skills import SkillRepository
+from provisioning.disks import create_data_disk, create_root_overlay
 
 CREATE_STEPS = ("record", "provision", "disks", "define", "boot")
 DESTROY_STEPS = ("record", "halt", "undefine", "files", "keys", "forget")
@@ -221,7 +217,7 @@ class Lifecycle:
             )
         # Every claw has a heartbeat (every 30 min, on) from the start; it
         # costs nothing while HEARTBEAT.md holds no task. Idempotent on resume.
-        ensure_heartbeat(self.ctx.db, op.claw)
+        ensure_heartbeat(self.ctx.store, op.claw)
 
     def _create_provision(self, op: Operation, progress: Progress) -> None:
         files = self._files(op.claw)
@@ -295,10 +291,10 @@ class Lifecycle:
     def _forget(self, claw: str) -> None:
         # Its jobs, conversations, approval requests and skills go with it (a new claw of the same
         # name starts clean); its LLM spending stays on record (llm_calls).
-        ScheduleRepository(self.ctx.db).delete_claw(claw)
-        MessageRepository(self.ctx.db).delete_claw(claw)
-        ApprovalRepository(self.ctx.db).delete_claw(claw)
-        SkillRepository(self.ctx.db).delete_claw(claw)
+        self.ctx.store.schedules.delete_claw(claw)
+        self.ctx.store.messages.delete_claw(claw)
+        self.ctx.store.approvals.delete_claw(claw)
+        self.ctx.store.skills.delete_claw(claw)
         self.ctx.claws.delete(claw)
 
     def _set_state(self, op: Operation, state: ClawState) -> None:

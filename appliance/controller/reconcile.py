@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from appliance.controller.context import Context, Progress, silent
 from appliance.controller.guestfiles import domain_uuid
 from appliance.controller.lifecycle import Lifecycle
+from appliance.core.errors import ClawdenError
 from appliance.core.model import DOMAIN_PREFIX, ClawState, domain_name
 from appliance.core.ports import DomainState
-from appliance.errors import ClawdenError
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ClawdenError, Unavailable
+from appliance.core.errors import ClawdenError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def call(path: Path, request: dict[str, Any], timeout: float | None = 30) -> Rep
 
 
 def _rebuild_error(err: dict[str, Any]) -> ClawdenError:
-    from appliance import errors
+    from appliance.core import errors
 
     cls = getattr(errors, str(err.get("type")), ClawdenError)
     if not (isinstance(cls, type) and issubclass(cls, ClawdenError)):

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from appliance.errors import InvalidInput
+from appliance.core.errors import InvalidInput
 
 # Names end up in domain names, file paths and socket paths (108-byte limit),
 # so they are short, lowercase and shell-safe.

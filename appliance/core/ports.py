@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from appliance.hypervisor.domain import Accelerator, DomainSpec
+from appliance.core.domain import Accelerator, DomainSpec
 
 
 class DomainState(StrEnum):

@@ -24,15 +24,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance.core.domain import Accelerator, DirectKernelBoot, DomainSpec
+from appliance.core.errors import HypervisorError, InvalidInput
 from appliance.core.ports import AcceleratorChoice
-from appliance.errors import InvalidInput
-from appliance.hypervisor.domain import (
-    Accelerator,
-    DirectKernelBoot,
-    DomainSpec,
-    HypervisorError,
-    render_domain_xml,
-)
+from appliance.hypervisor.domain import render_domain_xml
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
 
 ENV_OVERRIDE = "CLAWDEN_ACCEL"

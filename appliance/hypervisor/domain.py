@@ -13,62 +13,12 @@ guest's only link to the world is one virtio-serial channel.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET  # noqa: S405 - we only build XML, never parse untrusted input
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
-from appliance.errors import ClawdenError
+from appliance.core.domain import Accelerator, DirectKernelBoot, Disk, DomainSpec
+from appliance.core.errors import HypervisorError
 
 TCG_TB_CACHE_MIB = 64
-CONTROL_CHANNEL_NAME = "org.clawden.control"
-
-
-class Accelerator(StrEnum):
-    KVM = "kvm"  # libvirt <domain type='kvm'>
-    HVF = "hvf"  # macOS Hypervisor.framework
-    TCG = "qemu"  # plain emulation, libvirt <domain type='qemu'>
-
-
-class DiskFormat(StrEnum):
-    QCOW2 = "qcow2"
-    RAW = "raw"
-
-
-class HypervisorError(ClawdenError):
-    """libvirt or QEMU refused an operation on a reachable hypervisor (a bad
-    definition, QEMU failing to start, a name clash). Distinct from
-    ``Unavailable``, which means libvirt itself cannot be reached."""
-
-
-@dataclass(frozen=True)
-class Disk:
-    path: Path
-    target: str  # vda, vdb, ...
-    format: DiskFormat
-    readonly: bool = False
-    serial: str | None = None  # shows up as /dev/disk/by-id/virtio-<serial> in the guest
-
-
-@dataclass(frozen=True)
-class DirectKernelBoot:
-    kernel: Path
-    initrd: Path
-    cmdline: str
-
-
-@dataclass(frozen=True)
-class DomainSpec:
-    name: str
-    uuid: str
-    vcpus: int
-    memory_mib: int
-    accelerator: Accelerator
-    boot: DirectKernelBoot
-    disks: tuple[Disk, ...]
-    control_socket: Path  # host end of the one virtio-serial channel
-    console_log: Path  # serial console, appended across boots
-    channel_name: str = CONTROL_CHANNEL_NAME
-    emulator: str | None = None  # None = libvirt's default for the arch
 
 
 # A CPU model every x86-64 kernel boots on and that TCG emulates fully; `max`

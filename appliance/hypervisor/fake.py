@@ -11,9 +11,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from appliance.core.domain import DomainSpec
+from appliance.core.errors import Conflict, HypervisorError, NotFound, Unavailable
 from appliance.core.ports import DomainState
-from appliance.errors import Conflict, NotFound, Unavailable
-from appliance.hypervisor.domain import DomainSpec, HypervisorError, render_domain_xml
+from appliance.hypervisor.domain import render_domain_xml
 
 
 @dataclass

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 
 import libvirt
 
+from appliance.core.domain import DomainSpec
+from appliance.core.errors import Conflict, HypervisorError, NotFound, Unavailable
 from appliance.core.ports import DomainState
-from appliance.errors import Conflict, NotFound, Unavailable
-from appliance.hypervisor.domain import DomainSpec, HypervisorError, render_domain_xml
+from appliance.hypervisor.domain import render_domain_xml
 
 T = TypeVar("T")
 

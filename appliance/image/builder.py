@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import appliance
-from appliance.errors import ClawdenError, IntegrityError
+from appliance.core.errors import ClawdenError, IntegrityError
 from appliance.image import manifest as mf
 from appliance.image.tools import require_tool, run_tool, stream_tool
 

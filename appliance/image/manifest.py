@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import IntegrityError
+from appliance.core.errors import IntegrityError
 
 SUITE = "bookworm"
 MANIFEST = "manifest.json"

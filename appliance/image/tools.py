@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from appliance.errors import ClawdenError, Unavailable
+from appliance.core.errors import ClawdenError, Unavailable
 
 # Which Debian package provides each tool we call: the fix an operator needs.
 TOOL_PACKAGES: dict[str, str] = {

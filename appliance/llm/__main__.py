@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from appliance.errors import ClawdenError
+from appliance.core.errors import ClawdenError
 from appliance.llm.scripted import ScriptedModelServer
 
 

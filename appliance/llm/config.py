@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from appliance.errors import InvalidInput
-from appliance.llm.policy import ClawPolicy, Price
+from appliance.core.errors import InvalidInput
+from appliance.core.llm_policy import ClawPolicy, Price
 
 CONFIG_NAME = "llm.toml"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from appliance.errors import InvalidInput
+from appliance.core.errors import InvalidInput
 
 _MATCH_KEYS = {"model", "stream", "last_user_contains", "last_message_contains", "last_role"} | {
     "tools_include"

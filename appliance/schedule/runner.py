@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from appliance.errors import ClawdenError
-from appliance.messages import MessageRepository
-from appliance.schedule.heartbeat import HeartbeatSource, heartbeat_is_actionable, is_heartbeat_ok
-from appliance.schedule.model import GRACE, Job, JobKind, plan
-from appliance.schedule.store import ScheduleRepository
+from appliance.core.errors import ClawdenError
+from appliance.core.heartbeat import HeartbeatSource, heartbeat_is_actionable, is_heartbeat_ok
+from appliance.core.schedule import GRACE, Job, JobKind, plan
+from appliance.store.messages import MessageRepository
+from appliance.store.schedules import ScheduleRepository
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,26 @@
-"""The SQLite store: claws, keys, operations and the audit log.
+"""The SQLite store: every table of the host's database, and the only code
+that speaks SQL (``sqlite_utils``/``sqlite3`` are imported nowhere else).
 
-Every repository takes an injected ``sqlite_utils.Database`` (``open_db`` for
-the real file, ``Database(memory=True)`` plus ``migrate`` in tests).
+``Store`` is the unit of work: one database connection and one repository per
+table, built once by the composition root (``appliance.app``) and passed
+down. Repositories take an injected ``sqlite_utils.Database``, so tests build
+a ``Store`` on an in-memory database (``Store.memory()``).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from appliance.store.approvals import ApprovalRepository
 from appliance.store.audit import AuditEntry, AuditLog, AuditVerification
 from appliance.store.claws import ClawRepository
 from appliance.store.db import SchemaTooNew, migrate, open_db
 from appliance.store.keys import GUEST_HOST, HOST_CLIENT, KeyRepository, StoredKey
+from appliance.store.messages import MessageRepository
 from appliance.store.operations import (
     DONE,
     FAILED,
@@ -16,7 +29,51 @@ from appliance.store.operations import (
     Operation,
     OperationLog,
 )
+from appliance.store.schedules import ScheduleRepository
+from appliance.store.skills import SkillRepository
 from appliance.store.tx import transaction
+from appliance.store.usage import UsageRepository
+
+
+class Store:
+    """One database and a repository per table.
+
+    ``audit_head`` is the file outside the database that pins the audit
+    chain's tail; every append goes through this store's one ``AuditLog`` so
+    the head file always follows, whoever appends (CLI, controller, host API).
+    """
+
+    def __init__(self, db: Database, audit_head: Path | None = None) -> None:
+        self.db = db
+        self.claws = ClawRepository(db)
+        self.keys = KeyRepository(db)
+        self.ops = OperationLog(db)
+        self.audit = AuditLog(db, head_file=audit_head)
+        self.skills = SkillRepository(db)
+        self.approvals = ApprovalRepository(db)
+        self.messages = MessageRepository(db)
+        self.schedules = ScheduleRepository(db)
+        self.usage = UsageRepository(db)
+
+    @classmethod
+    def open(cls, path: Path, audit_head: Path | None = None) -> Store:
+        """The real file (0600, WAL, migrated to the current schema)."""
+        return cls(open_db(path), audit_head)
+
+    @classmethod
+    def memory(cls, audit_head: Path | None = None) -> Store:
+        """A migrated in-memory database, for tests and throwaway tools."""
+        db = Database(memory=True)
+        migrate(db)
+        return cls(db, audit_head)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together (``BEGIN IMMEDIATE``; nested
+        calls are savepoints), e.g. a decision and its audit entry."""
+        with transaction(self.db):
+            yield
+
 
 __all__ = [
     "DONE",
@@ -25,15 +82,21 @@ __all__ = [
     "HOST_CLIENT",
     "ROLLED_BACK",
     "RUNNING",
+    "ApprovalRepository",
     "AuditEntry",
     "AuditLog",
     "AuditVerification",
     "ClawRepository",
     "KeyRepository",
+    "MessageRepository",
     "Operation",
     "OperationLog",
+    "ScheduleRepository",
     "SchemaTooNew",
+    "SkillRepository",
+    "Store",
     "StoredKey",
+    "UsageRepository",
     "migrate",
     "open_db",
     "transaction",

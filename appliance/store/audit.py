@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from appliance.errors import InvalidInput
+from appliance.core.errors import InvalidInput
 from appliance.store.audit_chain import GENESIS, canonical_json, check_chain, entry_hash
 from appliance.store.tx import before_commit, locked, transaction, utc_now
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from appliance.core.errors import Conflict, NotFound
 from appliance.core.model import Claw, ClawState
-from appliance.errors import Conflict, NotFound
 from appliance.store.tx import locked, transaction
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from appliance.errors import ClawdenError
+from appliance.core.errors import ClawdenError
 from appliance.store.migrations import MIGRATIONS, Migration
 from appliance.store.tx import transaction, utc_now
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.core.errors import Conflict, InvalidInput, NotFound
 from appliance.store.tx import locked, transaction, utc_now
 
 RUNNING = "running"

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from appliance.controller import rpc
-from appliance.errors import ClawdenError
+from appliance.core.errors import ClawdenError
 from appliance.llm.scripted import ScriptedModelServer
 
 REPO = Path(__file__).resolve().parents[2]

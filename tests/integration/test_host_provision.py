@@ -13,7 +13,7 @@ import os
 import libvirt
 import pytest
 
-from appliance.host_provision import provision_host
+from appliance.host.ansible import provision_host
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.provisioning import keys
+from provisioning import keys
 
 
 def mint_ed25519() -> tuple[str, str]:

@@ -12,19 +12,15 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from appliance.approvals import (
-    MAX_PENDING_PER_CLAW,
-    Approval,
-    ApprovalRepository,
-    request_hash,
-)
-from appliance.channel.hostapi import host_api_service
-from appliance.channel.http import HttpRequest
-from appliance.channel.services import ClawIdentity
+from appliance.channel.forwarding import ClawIdentity
 from appliance.cli import main
 from appliance.config import Settings
-from appliance.errors import Conflict, InvalidInput, NotFound
-from appliance.store import open_db
+from appliance.core.approvals import MAX_PENDING_PER_CLAW, Approval, request_hash
+from appliance.core.errors import Conflict, InvalidInput, NotFound
+from appliance.services.hostapi import host_api_service
+from appliance.services.http import HttpRequest
+from appliance.store import Store, open_db
+from appliance.store.approvals import ApprovalRepository
 from appliance.store.audit import AuditLog
 from tests.unit.test_schedule_store import add_claw
 
@@ -184,7 +180,7 @@ def test_a_wait_is_answered_when_another_thread_decides(db: Database) -> None:
 # ---- the host API routes, called directly ---------------------------------------
 def _post(db: Database, claw: str, path: str, body: object) -> tuple[int, dict[str, object]]:
     request = HttpRequest("POST", path, {}, json.dumps(body).encode())
-    response = host_api_service(db).dispatch(ClawIdentity(claw), request)
+    response = host_api_service(Store(db)).dispatch(ClawIdentity(claw), request)
     return response.status, json.loads(response.body)
 
 

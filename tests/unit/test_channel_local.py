@@ -11,10 +11,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from appliance.channel.hostapi import host_api_service
-from appliance.channel.services import ClawIdentity, ServiceRegistry
+from appliance.channel.forwarding import ClawIdentity, ServiceRegistry
 from appliance.channel.transport import ChannelTarget, HostKeyMismatch, open_transport, run_command
-from appliance.errors import Unavailable
+from appliance.core.errors import Unavailable
+from appliance.services.hostapi import host_api_service
 from tests.support.local_sshd import LocalSshd, local_sshd, mint_ed25519, sshd_available
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs openssh-server and socat")
@@ -96,7 +96,7 @@ def test_forwarded_connection_carries_the_claw_identity(sshd: LocalSshd) -> None
 
 
 def test_each_forwarded_port_reaches_its_own_service(sshd: LocalSshd) -> None:
-    from appliance.channel.http import HttpResponse, HttpService
+    from appliance.services.http import HttpResponse, HttpService
 
     ports = [_free_port(), _free_port()]
     services = [

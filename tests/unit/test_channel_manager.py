@@ -9,8 +9,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from appliance.channel.forwarding import ServiceRegistry
 from appliance.channel.manager import ChannelManager, ChannelState
-from appliance.channel.services import ServiceRegistry
 from appliance.channel.transport import ChannelTarget
 from tests.support.local_sshd import LocalSshd, local_sshd, mint_ed25519, sshd_available
 

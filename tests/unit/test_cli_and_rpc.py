@@ -11,8 +11,8 @@ import pytest
 
 from appliance.cli import main
 from appliance.controller import rpc
-from appliance.errors import ClawdenError, NotFound, Unavailable
-from appliance.textsafe import printable
+from appliance.core.errors import ClawdenError, NotFound, Unavailable
+from appliance.core.textsafe import printable
 
 
 @pytest.fixture

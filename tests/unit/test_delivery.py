@@ -17,7 +17,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from appliance.channel.services import ServiceRegistry
+from appliance.channel.forwarding import ServiceRegistry
 from appliance.channel.transport import ChannelTarget, open_transport, run_command
 from appliance.config import Settings
 from appliance.controller import rpc
@@ -33,14 +33,15 @@ from appliance.controller.delivery import (
     schedule_event,
 )
 from appliance.controller.heartbeat_source import MAX_HEARTBEAT_BYTES, ChannelHeartbeatSource
+from appliance.core.domain import Accelerator
+from appliance.core.errors import InvalidInput, Unavailable
+from appliance.core.messages import MAX_TEXT_BYTES
 from appliance.core.model import Claw, ClawState
 from appliance.core.ports import AcceleratorChoice, DomainState
-from appliance.errors import InvalidInput, Unavailable
-from appliance.hypervisor.domain import Accelerator
+from appliance.core.schedule import CreatedBy, Job, JobKind
 from appliance.hypervisor.fake import FakeHypervisor
-from appliance.messages import MAX_TEXT_BYTES, MessageRepository
-from appliance.schedule.model import CreatedBy, Job, JobKind
-from appliance.store import open_db
+from appliance.store import Store, open_db
+from appliance.store.messages import MessageRepository
 from tests.support.local_sshd import LocalSshd, local_sshd, sshd_available
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs openssh-server and socat")
@@ -311,7 +312,7 @@ def controller(tmp_path: Path, sshd: LocalSshd, agent: Path) -> Iterator[_Harnes
     db = open_db(settings.db_path)
     ctx = Context(
         settings=settings,
-        db=db,
+        store=Store(db),
         hypervisor=_RunningHypervisor(),
         pick_accelerator=lambda k, i: AcceleratorChoice(Accelerator.TCG, "test"),
         actor="controller",
@@ -341,7 +342,7 @@ def test_say_op_delivers_and_stores_both_ways(
     reply = rpc.call(sock, request, timeout=60)
     assert reply["text"] == "you said: hi there via cli from operator"
     assert reply["status"] == "reply" and reply["done"] is True
-    stored = MessageRepository(controller._ctx.db).list("alice")
+    stored = MessageRepository(controller._ctx.store.db).list("alice")
     assert [(m.id, m.direction, m.text) for m in stored] == [
         (reply["in_id"], "in", "hi there"),
         (reply["out_id"], "out", reply["text"]),
@@ -373,7 +374,7 @@ def test_say_refuses_unknown_claws_and_empty_text(
         rpc.call(sock, {"op": "say", "claw": "alice", "text": "  "})
     with pytest.raises(Exception, match="no claw named 'bob'"):
         rpc.call(sock, {"op": "say", "claw": "bob", "text": "hi"})
-    assert MessageRepository(controller._ctx.db).list("alice") == []
+    assert MessageRepository(controller._ctx.store.db).list("alice") == []
 
 
 # ---- the heartbeat source reads HEARTBEAT.md over the channel ---------------------

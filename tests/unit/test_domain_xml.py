@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance.core.domain import Accelerator, DirectKernelBoot, Disk, DiskFormat, DomainSpec
+from appliance.core.errors import HypervisorError
 from appliance.hypervisor.accel import probe_spec, probe_xml
-from appliance.hypervisor.domain import (
-    Accelerator,
-    DirectKernelBoot,
-    Disk,
-    DiskFormat,
-    DomainSpec,
-    HypervisorError,
-    render_domain_xml,
-)
+from appliance.hypervisor.domain import render_domain_xml
 
 GOLDEN = Path(__file__).parent / "golden"
 CLAW = Path("/var/lib/clawden/claws/alice")

@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.core.domain import DomainSpec
+from appliance.core.errors import HypervisorError, Unavailable
 from appliance.core.ports import DomainState, Hypervisor
-from appliance.errors import Unavailable
-from appliance.hypervisor.domain import (
-    DomainSpec,
-    HypervisorError,
-)
 from appliance.hypervisor.fake import FakeHypervisor
 from tests.unit.test_libvirt_test_driver import make_spec
 

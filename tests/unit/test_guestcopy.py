@@ -12,9 +12,10 @@ from typing import Any
 import paramiko
 import pytest
 
+from appliance.channel.sftp import put_tree, validate_dest
 from appliance.channel.transport import ChannelTarget, open_transport
-from appliance.controller.guestcopy import put_tree, put_tree_handler, validate_dest
-from appliance.errors import InvalidInput
+from appliance.controller.guestcopy import put_tree_handler
+from appliance.core.errors import InvalidInput
 from tests.support.local_sshd import LocalSshd, local_sshd, sshd_available
 
 NOW = datetime(2026, 11, 20, 9, 30, 0, tzinfo=UTC)

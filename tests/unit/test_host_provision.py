@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance import host_provision as hp
-from appliance.errors import ClawdenError
+from appliance.core.errors import ClawdenError
+from appliance.host import ansible as hp
 
 TASKS_DIR = hp.ROLE_DIR / "tasks"
 

@@ -23,17 +23,17 @@ import pytest
 from sqlite_utils import Database
 
 from appliance.app import service_registry
-from appliance.approvals import ApprovalRepository
-from appliance.channel.egress_stub import CODE, REASON, egress_stub_service
-from appliance.channel.hostapi import host_api_service
-from appliance.channel.services import ClawIdentity, ForwardedService, ServiceRegistry
+from appliance.channel.forwarding import ClawIdentity, ForwardedService, ServiceRegistry
 from appliance.channel.transport import ChannelTarget, open_transport
 from appliance.config import Settings
 from appliance.core.model import Claw, ClawState
 from appliance.guest.hostapi import Approval, HostApiError, HttpHostApi
-from appliance.messages import MessageRepository
-from appliance.schedule import ensure_heartbeat
-from appliance.store import ClawRepository, open_db
+from appliance.schedule.jobs import ensure_heartbeat
+from appliance.services.egress_stub import CODE, REASON, egress_stub_service
+from appliance.services.hostapi import host_api_service
+from appliance.store import ClawRepository, Store, open_db
+from appliance.store.approvals import ApprovalRepository
+from appliance.store.messages import MessageRepository
 from appliance.store.skills import SkillRepository
 from tests.support.local_sshd import LocalSshd, local_sshd, sshd_available
 
@@ -54,7 +54,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
         ClawRepository(database).add(
             Claw(name, name.title(), ClawState.RUNNING, "img", 1, 512, "2026-01-01")
         )
-        ensure_heartbeat(database, name, "UTC")
+        ensure_heartbeat(Store(database), name, "UTC")
     yield database
     database.close()
 
@@ -84,7 +84,7 @@ def _connect(server: LocalSshd, claw: str, services: list[ForwardedService]) -> 
 
 @pytest.fixture
 def two_claws(sshd: LocalSshd, db: Database) -> Iterator[tuple[HttpHostApi, HttpHostApi]]:
-    alice_api, bob_api = host_api_service(db), host_api_service(db)
+    alice_api, bob_api = host_api_service(Store(db)), host_api_service(Store(db))
     alice = _connect(sshd, "alice", [alice_api])
     bob = _connect(sshd, "bob", [bob_api])
     try:
@@ -234,7 +234,7 @@ def test_the_registry_serves_all_three_ports_and_the_gateway_explains_no_upstrea
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     settings = Settings(home=tmp_path / "home", libvirt_uri="fake:///")
-    registry = service_registry(settings, db)  # must not fail without an upstream
+    registry = service_registry(settings, Store(db))  # must not fail without an upstream
     assert registry.ports == [7701, 7702, 7703]
     gateway = next(s for s in registry if s.name == "llm")
     transport = _connect(sshd, "alice", [gateway])

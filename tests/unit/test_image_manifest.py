@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import ClawdenError, IntegrityError
+from appliance.core.errors import ClawdenError, IntegrityError
 from appliance.image import builder
 from appliance.image import manifest as mf
 

@@ -11,16 +11,10 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from appliance.core.domain import Accelerator, DirectKernelBoot, Disk, DiskFormat, DomainSpec
+from appliance.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from appliance.core.ports import AcceleratorChoice, DomainState, Hypervisor
-from appliance.errors import Conflict, InvalidInput, NotFound, Unavailable
 from appliance.hypervisor import accel
-from appliance.hypervisor.domain import (
-    Accelerator,
-    DirectKernelBoot,
-    Disk,
-    DiskFormat,
-    DomainSpec,
-)
 from appliance.hypervisor.fake import FakeHypervisor
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
 

@@ -11,20 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from appliance.approvals import ApprovalRepository
 from appliance.config import Settings
 from appliance.controller.context import Context
 from appliance.controller.lifecycle import Lifecycle
 from appliance.controller.reconcile import reconcile
+from appliance.core.domain import Accelerator
+from appliance.core.errors import ClawdenError, Conflict, IntegrityError, Unavailable
 from appliance.core.model import ClawSpec, ClawState
 from appliance.core.ports import AcceleratorChoice, DomainState
-from appliance.errors import ClawdenError, Conflict, IntegrityError, Unavailable
-from appliance.hypervisor.domain import Accelerator
 from appliance.hypervisor.fake import FakeHypervisor
 from appliance.image.manifest import artefact_entry, write_manifest
-from appliance.messages import MessageRepository
-from appliance.schedule import ScheduleRepository
-from appliance.store import open_db
+from appliance.schedule.jobs import ScheduleRepository
+from appliance.store import Store
+from appliance.store.approvals import ApprovalRepository
+from appliance.store.messages import MessageRepository
 from appliance.store.skills import SkillRepository
 
 pytestmark = pytest.mark.skipif(
@@ -61,7 +61,7 @@ def _installation(home: Path, hypervisor: FakeHypervisor) -> Context:
     _fake_image(settings.images_dir)
     return Context(
         settings=settings,
-        db=open_db(settings.db_path),
+        store=Store.open(settings.db_path),
         hypervisor=hypervisor,
         pick_accelerator=lambda k, i: AcceleratorChoice(Accelerator.TCG, "test"),
     )
@@ -71,7 +71,7 @@ def _installation(home: Path, hypervisor: FakeHypervisor) -> Context:
 def ctx(tmp_path: Path) -> Iterator[Context]:
     context = _installation(tmp_path / "home", FakeHypervisor())
     yield context
-    context.db.close()
+    context.store.db.close()
 
 
 def _fake(ctx: Context) -> FakeHypervisor:
@@ -244,8 +244,10 @@ def test_operation_owned_by_a_live_process_is_left_alone(ctx: Context) -> None:
     (op,) = ctx.ops.unfinished()
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
-        ctx.db.execute("UPDATE operations SET owner_pid = ? WHERE id = ?", (sleeper.pid, op.id))
-        ctx.db.conn.commit()
+        ctx.store.db.execute(
+            "UPDATE operations SET owner_pid = ? WHERE id = ?", (sleeper.pid, op.id)
+        )
+        ctx.store.db.conn.commit()
         report = reconcile(ctx)
         assert report.resumed == []
         assert ctx.ops.unfinished()[0].id == op.id
@@ -274,23 +276,23 @@ def test_two_installations_on_one_libvirt_never_touch_each_others_claws(
         assert other.claws.get("alice") is None
         assert Lifecycle(ctx).verified_image().version  # ours still fine
     finally:
-        other.db.close()
+        other.store.db.close()
 
 
 def test_create_adds_the_heartbeat_and_destroy_forgets_everything_of_the_claw(
     ctx: Context,
 ) -> None:
     Lifecycle(ctx).create(ClawSpec("alice", "Alice"))
-    beat = ScheduleRepository(ctx.db).heartbeat("alice")
+    beat = ScheduleRepository(ctx.store.db).heartbeat("alice")
     assert beat is not None and beat.enabled and beat.spec == "every=30m"
-    MessageRepository(ctx.db).add("alice", "in", "cli", "operator", "hi", kind="chat")
-    ApprovalRepository(ctx.db).request("alice", "buy tulips", "12 tulips", 60)
-    SkillRepository(ctx.db).record("alice", "weather", "0" * 64, "test")
-    ctx.db.execute(
+    MessageRepository(ctx.store.db).add("alice", "in", "cli", "operator", "hi", kind="chat")
+    ApprovalRepository(ctx.store.db).request("alice", "buy tulips", "12 tulips", 60)
+    SkillRepository(ctx.store.db).record("alice", "weather", "0" * 64, "test")
+    ctx.store.db.execute(
         "INSERT INTO llm_calls (claw, ts, model, status) VALUES ('alice', '2026', 'm', 'ok')"
     )
     Lifecycle(ctx).destroy("alice")
     for table in ("schedules", "messages", "approvals", "skills"):
-        assert list(ctx.db.query(f"SELECT * FROM {table} WHERE claw = 'alice'")) == [], table
+        assert list(ctx.store.db.query(f"SELECT * FROM {table} WHERE claw = 'alice'")) == [], table
     # Spending stays on record after the claw is gone.
-    assert len(list(ctx.db.query("SELECT * FROM llm_calls WHERE claw = 'alice'"))) == 1
+    assert len(list(ctx.store.db.query("SELECT * FROM llm_calls WHERE claw = 'alice'"))) == 1

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from appliance.llm.config import ConfigLoader, LlmConfigError, load_llm_config
-from appliance.llm.policy import (
+from appliance.cli.llm import llm_usage_lines
+from appliance.core.llm_policy import (
     ClawPolicy,
     RateLimiter,
     Totals,
@@ -19,8 +19,9 @@ from appliance.llm.policy import (
     check_model,
     next_period_start,
 )
-from appliance.llm.usage import UsageRepository, llm_usage_lines
+from appliance.llm.config import ConfigLoader, LlmConfigError, load_llm_config
 from appliance.store import open_db
+from appliance.store.usage import UsageRepository
 
 KEY = "sk-config-secret-123456"
 NOW = datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
@@ -158,11 +159,11 @@ def test_totals_and_report_by_utc_period(db: Database) -> None:
 
 
 def test_usage_lines_escape_names_and_say_when_empty(db: Database) -> None:
-    assert list(llm_usage_lines(db, "carol", NOW)) == [
+    assert list(llm_usage_lines(UsageRepository(db), "carol", NOW)) == [
         "no LLM calls recorded for claw 'carol' this month"
     ]
     UsageRepository(db).record("ev\x1bil", "m", prompt_tokens=4, ts=NOW)
-    lines = list(llm_usage_lines(db, None, NOW))
+    lines = list(llm_usage_lines(UsageRepository(db), None, NOW))
     assert lines[0].split() == ["CLAW", "PERIOD", "CALLS", "PROMPT", "COMPLETION", "COST", "USD"]
     assert [line.split()[:3] for line in lines[1:]] == [
         ["ev\\x1bil", "2025-03-15", "1"],

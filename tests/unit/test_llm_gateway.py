@@ -22,15 +22,15 @@ import openai
 import paramiko
 import pytest
 
-from appliance.channel.http import HttpService
-from appliance.channel.services import ClawIdentity, ServiceRegistry
+from appliance.channel.forwarding import ClawIdentity, ServiceRegistry
 from appliance.channel.transport import ChannelTarget, open_transport
+from appliance.core.llm_policy import ClawPolicy, Price
 from appliance.llm.config import LlmConfig, Upstream
-from appliance.llm.gateway import LLM_GATEWAY_PORT, LlmGateway
-from appliance.llm.policy import ClawPolicy, Price
 from appliance.llm.scripted import ScriptedModelServer
-from appliance.llm.usage import UsageRepository
+from appliance.services.http import HttpService
+from appliance.services.llm_gateway import LLM_GATEWAY_PORT, LlmGateway
 from appliance.store import open_db
+from appliance.store.usage import UsageRepository
 from tests.support.local_sshd import local_sshd, sshd_available
 
 REAL_KEY = "sk-real-upstream-key-0123456789abcdef"

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from appliance.errors import InvalidInput
-from appliance.messages import MAX_TEXT_BYTES, MessageRepository
+from appliance.core.errors import InvalidInput
+from appliance.core.messages import MAX_TEXT_BYTES
 from appliance.store import open_db
+from appliance.store.messages import MessageRepository
 
 
 def test_round_trip_keeps_untrusted_text_exactly(tmp_path: Path) -> None:

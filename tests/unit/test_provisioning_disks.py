@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import IntegrityError, InvalidInput
-from appliance.provisioning import disks, keys
+from appliance.core.errors import IntegrityError, InvalidInput
+from provisioning import disks, keys
 
 needs_e2fs = pytest.mark.skipif(
     shutil.which("debugfs") is None and not Path("/usr/sbin/debugfs").exists(),

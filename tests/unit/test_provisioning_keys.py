@@ -11,8 +11,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from appliance.errors import IntegrityError, InvalidInput
-from appliance.provisioning import keys
+from appliance.channel import keys as channel_keys
+from appliance.core.errors import IntegrityError, InvalidInput
+from provisioning import keys
 
 
 def test_minted_key_has_openssh_formats() -> None:
@@ -36,15 +37,15 @@ def test_private_key_never_shows_in_repr() -> None:
 
 def test_private_key_round_trips_through_paramiko() -> None:
     pair = keys.mint_ed25519("c")
-    pkey = keys.load_private_key(pair.private_openssh)
+    pkey = channel_keys.load_private_key(pair.private_openssh)
     assert isinstance(pkey, paramiko.Ed25519Key)
     # The public half paramiko derives is the one we minted.
-    assert keys.same_public_key(keys.public_line_of(pkey), pair.public_openssh)
+    assert keys.same_public_key(channel_keys.public_line_of(pkey), pair.public_openssh)
     # And a signature made with the loaded private key verifies with the public line.
     sig = pkey.sign_ssh_data(b"challenge")
-    public = keys.load_public_key(pair.public_openssh)
+    public = channel_keys.load_public_key(pair.public_openssh)
     assert public.verify_ssh_sig(b"challenge", paramiko.Message(sig.asbytes()))
-    other = keys.load_public_key(keys.mint_ed25519().public_openssh)
+    other = channel_keys.load_public_key(keys.mint_ed25519().public_openssh)
     assert not other.verify_ssh_sig(b"challenge", paramiko.Message(sig.asbytes()))
 
 
@@ -82,7 +83,7 @@ def test_malformed_public_lines_are_rejected(line: str) -> None:
 
 def test_bad_private_key_is_an_integrity_error() -> None:
     with pytest.raises(IntegrityError) as err:
-        keys.load_private_key(
+        channel_keys.load_private_key(
             "-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n-----END OPENSSH PRIVATE KEY-----\n"
         )
     assert "garbage" not in str(err.value)

@@ -9,9 +9,9 @@ import pytest
 
 from appliance.cli import main
 from appliance.config import Settings
-from appliance.messages import MessageRepository
-from appliance.schedule import ScheduleRepository, ensure_heartbeat
-from appliance.store import open_db
+from appliance.schedule.jobs import ScheduleRepository, ensure_heartbeat
+from appliance.store import Store, open_db
+from appliance.store.messages import MessageRepository
 from tests.unit.test_schedule_store import add_claw
 
 
@@ -24,7 +24,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     db = open_db(Settings.from_env().db_path)
     add_claw(db)
-    ensure_heartbeat(db, "alice")
+    ensure_heartbeat(Store(db), "alice")
     db.close()
     return home
 

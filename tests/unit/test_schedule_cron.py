@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from appliance.errors import InvalidInput
-from appliance.schedule.cron import cron_next, parse_cron
+from appliance.core.cron import cron_next, parse_cron
+from appliance.core.errors import InvalidInput
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.schedule.heartbeat import (
+from appliance.core.heartbeat import (
     FakeHeartbeatSource,
     heartbeat_is_actionable,
     is_heartbeat_ok,

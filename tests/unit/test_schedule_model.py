@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from appliance.errors import InvalidInput
-from appliance.schedule.model import (
+from appliance.core.errors import InvalidInput
+from appliance.core.schedule import (
     CreatedBy,
     HeartbeatSpec,
     Job,

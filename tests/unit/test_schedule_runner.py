@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from appliance.errors import Unavailable
-from appliance.messages import MessageRepository
-from appliance.schedule import ScheduleRepository, schedule_add
-from appliance.schedule.heartbeat import FakeHeartbeatSource
-from appliance.schedule.model import Job
+from appliance.core.errors import Unavailable
+from appliance.core.heartbeat import FakeHeartbeatSource
+from appliance.core.schedule import Job
+from appliance.schedule.jobs import ScheduleRepository, schedule_add
 from appliance.schedule.runner import (
     DeliveryResult,
     FakeDelivery,
     SchedulerRunner,
     SchedulerThread,
 )
-from appliance.store import open_db
+from appliance.store import Store, open_db
+from appliance.store.messages import MessageRepository
 from tests.unit.test_schedule_store import add_claw
 
 T0 = datetime(2024, 6, 3, 6, 0, tzinfo=UTC)  # 08:00 in Berlin
@@ -54,7 +54,7 @@ def _runner(
 
 
 def test_an_empty_heartbeat_file_costs_no_model_call_all_day(db: Database) -> None:
-    schedule_add(db, "alice", "heartbeat", "every=30m", "UTC", "", now=T0)
+    schedule_add(Store(db), "alice", "heartbeat", "every=30m", "UTC", "", now=T0)
     delivery = FakeDelivery()
     runner, messages = _runner(db, {"alice": EMPTY}, delivery)
     fired = [f for step in range(1, 49) for f in runner.tick(T0 + step * timedelta(minutes=30))]
@@ -65,7 +65,7 @@ def test_an_empty_heartbeat_file_costs_no_model_call_all_day(db: Database) -> No
 
 
 def test_a_missing_heartbeat_file_is_not_actionable(db: Database) -> None:
-    schedule_add(db, "alice", "heartbeat", "", "UTC", "", now=T0)
+    schedule_add(Store(db), "alice", "heartbeat", "", "UTC", "", now=T0)
     delivery = FakeDelivery()
     runner, _ = _runner(db, {}, delivery)
     (fired,) = runner.tick(T0 + timedelta(minutes=30))
@@ -74,7 +74,7 @@ def test_a_missing_heartbeat_file_is_not_actionable(db: Database) -> None:
 
 
 def test_heartbeat_ok_never_reaches_the_owner(db: Database) -> None:
-    beat = schedule_add(db, "alice", "heartbeat", "", "UTC", "", now=T0)
+    beat = schedule_add(Store(db), "alice", "heartbeat", "", "UTC", "", now=T0)
     delivery = FakeDelivery(replies={"alice": "**HEARTBEAT_OK**"})
     runner, messages = _runner(db, {"alice": TASK}, delivery)
     (fired,) = runner.tick(T0 + timedelta(minutes=30))
@@ -85,7 +85,7 @@ def test_heartbeat_ok_never_reaches_the_owner(db: Database) -> None:
 
 
 def test_a_real_heartbeat_reply_is_stored_for_the_owner_as_is(db: Database) -> None:
-    schedule_add(db, "alice", "heartbeat", "", "UTC", "", now=T0)
+    schedule_add(Store(db), "alice", "heartbeat", "", "UTC", "", now=T0)
     reply = "Dentist at 15:00 \x1b[31mtoday\x1b[0m"
     runner, messages = _runner(db, {"alice": TASK}, FakeDelivery(replies={"alice": reply}))
     runner.tick(T0 + timedelta(minutes=30))
@@ -98,9 +98,13 @@ def test_host_down_five_hours_each_job_fires_once_per_policy(tmp_path: Path) -> 
     before = open_db(path)
     try:
         add_claw(before)
-        beat = schedule_add(before, "alice", "heartbeat", "every=30m", "UTC", "", now=T0)
-        hourly = schedule_add(before, "alice", "cron", "@hourly", "UTC", "check mail", now=T0)
-        daily = schedule_add(before, "alice", "cron", "0 9 * * *", "Europe/Berlin", "news", now=T0)
+        beat = schedule_add(Store(before), "alice", "heartbeat", "every=30m", "UTC", "", now=T0)
+        hourly = schedule_add(
+            Store(before), "alice", "cron", "@hourly", "UTC", "check mail", now=T0
+        )
+        daily = schedule_add(
+            Store(before), "alice", "cron", "0 9 * * *", "Europe/Berlin", "news", now=T0
+        )
     finally:
         before.close()  # the controller (and the host) go down here
 
@@ -126,7 +130,7 @@ def test_host_down_five_hours_each_job_fires_once_per_policy(tmp_path: Path) -> 
 
 
 def test_a_failed_delivery_is_recorded_and_the_job_moves_on(db: Database) -> None:
-    job = schedule_add(db, "alice", "every", "1h", "UTC", "report", now=T0)
+    job = schedule_add(Store(db), "alice", "every", "1h", "UTC", "report", now=T0)
     delivery = FakeDelivery(fail_with=Unavailable("claw alice is not running", "start it"))
     runner, _ = _runner(db, {}, delivery)
     (fired,) = runner.tick(T0 + timedelta(hours=1))
@@ -137,7 +141,9 @@ def test_a_failed_delivery_is_recorded_and_the_job_moves_on(db: Database) -> Non
 
 
 def test_an_at_job_runs_once_and_is_done(db: Database) -> None:
-    job = schedule_add(db, "alice", "at", "2024-06-03T09:00", "Europe/Berlin", "call mum", now=T0)
+    job = schedule_add(
+        Store(db), "alice", "at", "2024-06-03T09:00", "Europe/Berlin", "call mum", now=T0
+    )
     delivery = FakeDelivery(replies={"alice": "Reminder: call mum"})
     runner, messages = _runner(db, {}, delivery)
     assert runner.tick(T0 + timedelta(hours=1, seconds=30))[0].status == (
@@ -160,7 +166,7 @@ class _SignallingDelivery(FakeDelivery):
 
 
 def test_thread_wrapper_ticks_until_stopped(db: Database) -> None:
-    schedule_add(db, "alice", "every", "1h", "UTC", "x", now=T0)
+    schedule_add(Store(db), "alice", "every", "1h", "UTC", "x", now=T0)
     delivery = _SignallingDelivery()
     runner = SchedulerRunner(
         ScheduleRepository(db), delivery, clock=lambda: T0 + timedelta(hours=1)
@@ -182,7 +188,7 @@ class _UnreachableSource:
 
 
 def test_a_heartbeat_for_an_unreachable_claw_is_skipped_and_says_why(db: Database) -> None:
-    schedule_add(db, "alice", "heartbeat", "", "UTC", "", now=T0)
+    schedule_add(Store(db), "alice", "heartbeat", "", "UTC", "", now=T0)
     delivery = FakeDelivery()
     runner = SchedulerRunner(
         ScheduleRepository(db), delivery, clock=lambda: T0, heartbeats=_UnreachableSource()
@@ -213,9 +219,9 @@ class _BlockingDelivery(FakeDelivery):
 
 def test_a_busy_claw_does_not_hold_up_another_claws_jobs(db: Database) -> None:
     add_claw(db, "bob")
-    schedule_add(db, "alice", "every", "1h", "UTC", "long task", now=T0)
-    schedule_add(db, "alice", "every", "1h", "UTC", "second task", now=T0)
-    schedule_add(db, "bob", "every", "1h", "UTC", "short task", now=T0)
+    schedule_add(Store(db), "alice", "every", "1h", "UTC", "long task", now=T0)
+    schedule_add(Store(db), "alice", "every", "1h", "UTC", "second task", now=T0)
+    schedule_add(Store(db), "bob", "every", "1h", "UTC", "short task", now=T0)
     delivery = _BlockingDelivery()
     runner = SchedulerRunner(
         ScheduleRepository(db), delivery, clock=lambda: T0 + timedelta(hours=1)

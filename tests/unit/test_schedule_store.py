@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
+from appliance.core.errors import Conflict, InvalidInput, NotFound
 from appliance.core.model import Claw, ClawState
-from appliance.errors import Conflict, InvalidInput, NotFound
-from appliance.schedule import (
+from appliance.schedule.jobs import (
     DEFAULT_HEARTBEAT_TEXT,
     JobKind,
     ScheduleRepository,
@@ -21,8 +21,8 @@ from appliance.schedule import (
     schedule_list_lines,
     schedule_rm,
 )
-from appliance.schedule.store import MAX_CLAW_JOBS
-from appliance.store import ClawRepository, open_db
+from appliance.store import ClawRepository, Store, open_db
+from appliance.store.schedules import MAX_CLAW_JOBS
 
 NOW = datetime(2024, 6, 3, 6, 0, tzinfo=UTC)
 
@@ -47,10 +47,10 @@ def test_jobs_survive_reopening_the_database(tmp_path: Path) -> None:
     try:
         add_claw(first)
         cron = schedule_add(
-            first, "alice", "cron", "0 9 * * mon-fri", "Europe/Berlin", "news", now=NOW
+            Store(first), "alice", "cron", "0 9 * * mon-fri", "Europe/Berlin", "news", now=NOW
         )
         beat = schedule_add(
-            first, "alice", "heartbeat", "every=1h active=08:00-22:00", "UTC", "", now=NOW
+            Store(first), "alice", "heartbeat", "every=1h active=08:00-22:00", "UTC", "", now=NOW
         )
     finally:
         first.close()
@@ -76,18 +76,20 @@ def test_add_validates_with_fixes(db: Database) -> None:
     ]
     for args, error in cases:
         with pytest.raises(error) as info:
-            schedule_add(db, *args, now=NOW)
+            schedule_add(Store(db), *args, now=NOW)
         assert info.value.fix
     assert ScheduleRepository(db).list() == []
 
 
 def test_heartbeat_is_one_per_claw_and_add_replaces_its_settings(db: Database) -> None:
-    first = schedule_add(db, "alice", "heartbeat", "", "UTC", "", now=NOW)
-    second = schedule_add(db, "alice", "heartbeat", "every=2h model=small", "UTC", "", now=NOW)
+    first = schedule_add(Store(db), "alice", "heartbeat", "", "UTC", "", now=NOW)
+    second = schedule_add(
+        Store(db), "alice", "heartbeat", "every=2h model=small", "UTC", "", now=NOW
+    )
     assert second.id == first.id
     assert second.spec == "every=2h model=small"
     assert second.next_run_at == NOW + timedelta(hours=2)
-    assert ensure_heartbeat(db, "alice").id == first.id
+    assert ensure_heartbeat(Store(db), "alice").id == first.id
     with pytest.raises(Conflict, match="already has a heartbeat"):
         ScheduleRepository(db).add(
             "alice", JobKind.HEARTBEAT, "every=30m", "UTC", "x", first.created_by, NOW
@@ -95,47 +97,47 @@ def test_heartbeat_is_one_per_claw_and_add_replaces_its_settings(db: Database) -
 
 
 def test_claw_rules_for_adding_and_removing(db: Database) -> None:
-    operator_job = schedule_add(db, "alice", "every", "1h", "UTC", "water", now=NOW)
-    beat = ensure_heartbeat(db, "alice", "UTC")
-    own = schedule_add(db, "alice", "every", "2h", "UTC", "mine", created_by="claw", now=NOW)
+    operator_job = schedule_add(Store(db), "alice", "every", "1h", "UTC", "water", now=NOW)
+    beat = ensure_heartbeat(Store(db), "alice", "UTC")
+    own = schedule_add(Store(db), "alice", "every", "2h", "UTC", "mine", created_by="claw", now=NOW)
     with pytest.raises(InvalidInput, match="heartbeat"):
-        schedule_add(db, "alice", "heartbeat", "", "UTC", "", created_by="claw", now=NOW)
+        schedule_add(Store(db), "alice", "heartbeat", "", "UTC", "", created_by="claw", now=NOW)
     for job_id in (operator_job.id, beat.id):
         with pytest.raises(InvalidInput, match="may not remove"):
-            schedule_rm(db, job_id, claw="alice")
-    assert schedule_rm(db, own.id, claw="alice") == f"removed job {own.id} (every for alice)"
+            schedule_rm(Store(db), job_id, claw="alice")
+    assert schedule_rm(Store(db), own.id, claw="alice") == f"removed job {own.id} (every for alice)"
     assert [j.id for j in ScheduleRepository(db).list("alice")] == [operator_job.id, beat.id]
 
 
 def test_operator_rm_turns_the_heartbeat_off_and_add_turns_it_back_on(db: Database) -> None:
-    beat = ensure_heartbeat(db, "alice", "UTC")
-    assert schedule_rm(db, beat.id) == f"heartbeat of alice turned off (job {beat.id})"
+    beat = ensure_heartbeat(Store(db), "alice", "UTC")
+    assert schedule_rm(Store(db), beat.id) == f"heartbeat of alice turned off (job {beat.id})"
     assert not ScheduleRepository(db).require(beat.id).enabled
     assert ScheduleRepository(db).due(NOW + timedelta(days=1)) == []
-    assert schedule_add(db, "alice", "heartbeat", "", "UTC", "", now=NOW).enabled
+    assert schedule_add(Store(db), "alice", "heartbeat", "", "UTC", "", now=NOW).enabled
     with pytest.raises(NotFound, match="no scheduled job 999"):
-        schedule_rm(db, 999)
+        schedule_rm(Store(db), 999)
 
 
 def test_a_claw_has_a_quota_of_its_own_jobs(db: Database) -> None:
     for _ in range(MAX_CLAW_JOBS):
-        schedule_add(db, "alice", "every", "1h", "UTC", "x", created_by="claw", now=NOW)
+        schedule_add(Store(db), "alice", "every", "1h", "UTC", "x", created_by="claw", now=NOW)
     with pytest.raises(Conflict, match=f"already has {MAX_CLAW_JOBS} jobs"):
-        schedule_add(db, "alice", "every", "1h", "UTC", "x", created_by="claw", now=NOW)
-    schedule_add(db, "alice", "every", "1h", "UTC", "the operator is not limited", now=NOW)
+        schedule_add(Store(db), "alice", "every", "1h", "UTC", "x", created_by="claw", now=NOW)
+    schedule_add(Store(db), "alice", "every", "1h", "UTC", "the operator is not limited", now=NOW)
 
 
 def test_list_lines_escape_untrusted_text(db: Database) -> None:
-    schedule_add(db, "alice", "cron", "@daily", "Europe/Berlin", "\x1b[2Jhi\nthere", now=NOW)
-    lines = list(schedule_list_lines(db))
+    schedule_add(Store(db), "alice", "cron", "@daily", "Europe/Berlin", "\x1b[2Jhi\nthere", now=NOW)
+    lines = list(schedule_list_lines(Store(db)))
     assert lines[0].split()[:3] == ["ID", "CLAW", "KIND"]
     assert "\x1b" not in lines[1] and "\\x1b[2Jhi\\nthere" in lines[1]
     assert "2024-06-04 00:00 CEST" in lines[1]
-    assert list(schedule_list_lines(db, "bob")) == ["no scheduled jobs for bob"]
+    assert list(schedule_list_lines(Store(db), "bob")) == ["no scheduled jobs for bob"]
 
 
 def test_due_and_claim_move_a_job_on_exactly_once(db: Database) -> None:
-    job = schedule_add(db, "alice", "every", "1h", "UTC", "x", now=NOW)
+    job = schedule_add(Store(db), "alice", "every", "1h", "UTC", "x", now=NOW)
     repo = ScheduleRepository(db)
     later = NOW + timedelta(hours=1)
     assert repo.due(later - timedelta(seconds=1)) == []

@@ -16,9 +16,9 @@ from appliance.guest.hostapi import FakeHostApi
 from appliance.guest.skillhash import skill_hash
 from appliance.guest.skills import CHANGED, NOT_INSTALLED, scan_skills
 from appliance.guest.tools import ToolContext, default_toolbox, verified_skills
-from appliance.skills import prepare_skill
 from appliance.store import migrate
 from appliance.store.skills import SkillRepository
+from appliance.workspace.skills import prepare_skill
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 WEATHER = FIXTURES / "openclaw-new" / "skills" / "weather-report"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance import skills as host
-from appliance.errors import InvalidInput
+from appliance.core.errors import InvalidInput
 from appliance.guest import skills as guest
+from appliance.workspace import skills as host
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 WEATHER = FIXTURES / "openclaw-new" / "skills" / "weather-report"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from appliance.errors import InvalidInput
+from appliance.core.errors import InvalidInput
 from appliance.store import AuditLog, open_db
 
 ZERO = "0" * 64

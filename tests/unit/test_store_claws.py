@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlite_utils import Database
 
+from appliance.core.errors import Conflict, NotFound
 from appliance.core.model import Claw, ClawState
-from appliance.errors import Conflict, NotFound
 from appliance.store import ClawRepository, KeyRepository
 
 

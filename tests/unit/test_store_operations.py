@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.core.errors import Conflict, InvalidInput, NotFound
 from appliance.store import OperationLog, open_db
 from appliance.store.operations import pid_alive
 

@@ -9,10 +9,10 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+from appliance.core.heartbeat import heartbeat_is_actionable
 from appliance.guest import workspace as ws
 from appliance.guest.serve import _identity
 from appliance.guest.templates import seed_workspace, starter_files
-from appliance.schedule.heartbeat import heartbeat_is_actionable
 from tests.unit.test_guest_serve import deliver, layout
 
 __all__ = ["layout"]  # the fixture, shared with the serve tests

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import InvalidInput, NotFound
+from appliance.core.errors import InvalidInput, NotFound
 from appliance.guest import skills as guest_skills
 from appliance.guest import workspace as ws
-from appliance.workspace_import import (
+from appliance.workspace.importer import (
     ImportLimits,
     ImportRefused,
     import_lines,

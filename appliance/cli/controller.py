@@ -1,0 +1,55 @@
+"""``clawden serve`` and ``clawden reconcile``: the controller."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from appliance.app import build_context, service_registry
+from appliance.cli.output import Subparsers, progress
+from appliance.controller.reconcile import reconcile
+
+
+def register(sub: Subparsers) -> None:
+    serve_cmd = sub.add_parser(
+        "serve", help="run the controller in the foreground (owns the claws' channels)"
+    )
+    serve_cmd.set_defaults(handler=serve)
+    rec = sub.add_parser(
+        "reconcile", help="finish or undo interrupted operations; fix drift and orphans"
+    )
+    rec.set_defaults(handler=do_reconcile)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from appliance.controller.daemon import Controller
+
+    # One context for the controller and its services: the host API serves
+    # claws from the same store connection the controller uses.
+    ctx = build_context(actor="controller")
+    controller = Controller(lambda: ctx, service_registry(ctx.settings, ctx.store))
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        controller.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    controller.run()
+    return 0
+
+
+def do_reconcile(args: argparse.Namespace) -> int:
+    report = reconcile(build_context(), progress)
+    for line in report.errors:
+        print(f"could not fix: {line}", file=sys.stderr)
+    if not report.changed and not report.errors:
+        print("nothing to do: libvirt and the store agree")
+    else:
+        print(
+            f"resumed {len(report.resumed)}, restarted {len(report.restarted)}, "
+            f"stopped {len(report.stopped)}, orphans removed {len(report.orphans_removed)}, "
+            f"errors {len(report.errors)}"
+        )
+    return 1 if report.errors else 0

@@ -1,0 +1,120 @@
+"""``clawden doctor``: can this host run claws? Each problem comes with its fix."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from appliance import app
+from appliance.cli.output import Subparsers
+from appliance.config import Settings
+from appliance.controller import rpc
+from appliance.core.errors import ClawdenError, Unavailable
+from appliance.image import latest_image, verify_image
+
+MIN_FREE_GIB = 5
+TOOLS = {
+    "qemu-img": "qemu-utils",
+    "mkfs.ext4": "e2fsprogs",
+    "mmdebstrap": "mmdebstrap",
+    "debugfs": "e2fsprogs",
+}
+
+
+def register(sub: Subparsers) -> None:
+    cmd = sub.add_parser(
+        "doctor", help="check this host can run claws, with the fix for each problem"
+    )
+    cmd.set_defaults(handler=doctor)
+
+
+def doctor(args: argparse.Namespace) -> int:
+    return run_doctor(app.load_settings(), print)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    blocking: bool = True  # a failing non-blocking check is only a note
+
+
+def _libvirt(settings: Settings) -> Check:
+    try:
+        app.hypervisor(settings).ping()
+    except ClawdenError as exc:
+        return Check("libvirt", False, exc.what, exc.fix)
+    return Check("libvirt", True, f"{settings.libvirt_uri} reachable")
+
+
+def _tools() -> list[Check]:
+    checks = []
+    for tool, package in TOOLS.items():
+        path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+        checks.append(
+            Check(
+                f"tool {tool}",
+                path is not None,
+                path or "not installed",
+                f"run `clawden host provision` (installs {package})",
+            )
+        )
+    return checks
+
+
+def _disk(settings: Settings) -> Check:
+    probe = settings.home
+    while not probe.exists():  # not created yet: where it will be created
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free / 2**30
+    return Check(
+        "disk space",
+        free >= MIN_FREE_GIB,
+        f"{free:.1f} GiB free under {probe}",
+        f"free at least {MIN_FREE_GIB} GiB there, or point CLAWDEN_HOME at a bigger disk",
+    )
+
+
+def _image(settings: Settings) -> tuple[Check, Check | None]:
+
+    image = latest_image(settings.images_dir)
+    if image is None:
+        return Check("golden image", False, "none built", "run `clawden image build`"), None
+    try:
+        verify_image(image)
+    except ClawdenError as exc:
+        return Check("golden image", False, exc.what, exc.fix), None
+    image_ok = Check("golden image", True, f"{image.version}, sha256 verified")
+    try:
+        choice = app.accelerator_picker(settings)(image.kernel, image.initrd)
+    except ClawdenError as exc:
+        return image_ok, Check("accelerator", False, exc.what, exc.fix)
+    return image_ok, Check("accelerator", True, f"{choice.accelerator.value}: {choice.note}")
+
+
+def _controller(settings: Settings) -> Check:
+    try:
+        reply = rpc.call(settings.controller_socket, {"op": "ping"}, timeout=5)
+    except Unavailable as exc:
+        return Check("controller", False, exc.what, exc.fix, blocking=False)
+    return Check("controller", True, f"running (pid {reply.get('pid')})")
+
+
+def run_doctor(settings: Settings, say: Callable[[str], None]) -> int:
+    checks = [_libvirt(settings), *_tools(), _disk(settings)]
+    image, accel = _image(settings)
+    checks.append(image)
+    if accel is not None:
+        checks.append(accel)
+    checks.append(_controller(settings))
+    failed = 0
+    for c in checks:
+        mark = "ok  " if c.ok else ("FAIL" if c.blocking else "note")
+        say(f"[{mark}] {c.name}: {c.detail}" + ("" if c.ok else f" — {c.fix}"))
+        failed += (not c.ok) and c.blocking
+    say("ready to run claws" if not failed else f"{failed} problem(s) to fix")
+    return 1 if failed else 0

@@ -1,0 +1,262 @@
+"""The host API a claw reaches on its own ``127.0.0.1:7701``.
+
+Every route acts for the claw whose SSH transport carried the request — the
+``ClawIdentity`` the service registry bound to that transport — and nothing in
+a request can name another claw: a claw sees and changes only its own
+messages and jobs. Shapes are in docs/agent.md ("What the host must provide");
+every error is ``{"error": {"message", "code"}}``, and its message is shown to
+the claw's model as is, so it says what to do differently.
+
+Approvals are real: a request is queued for the admin (rules in
+appliance/core/approvals.py, rows in appliance/store/approvals.py) and the
+claw long-polls for the decision; requests and their outcome are in the audit
+log. Its action and details are untrusted and only ever stored as
+data, then escaped wherever they are shown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from appliance.channel.forwarding import ClawIdentity
+from appliance.core.approvals import DEFAULT_TIMEOUT_S, MAX_WAIT_S, Approval
+from appliance.core.errors import ClawdenError, Conflict, InvalidInput, NotFound, Unavailable
+from appliance.core.messages import check_text
+from appliance.core.schedule import CreatedBy, Job
+from appliance.core.textsafe import printable
+from appliance.schedule.jobs import schedule_add, schedule_rm
+from appliance.services.http import HttpRequest, HttpResponse, HttpService, Route
+from appliance.store import Store
+
+log = logging.getLogger(__name__)
+
+HOST_API_PORT = 7701
+# A claw's own messages go to its owner's usual channel, which the channels
+# issue will resolve; until then they are stored under this label.
+OWNER_CHANNEL = "default"
+
+
+def error(status: int, message: str, code: str) -> HttpResponse:
+    return HttpResponse.json(status, {"error": {"message": message, "code": code}})
+
+
+_STATUS_OF: tuple[tuple[type[ClawdenError], int, str], ...] = (
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+    (InvalidInput, 400, "invalid_request"),
+    (Unavailable, 503, "unavailable"),
+)
+
+
+def _from_clawden_error(exc: ClawdenError) -> HttpResponse:
+    status, code = next(
+        ((status, code) for cls, status, code in _STATUS_OF if isinstance(exc, cls)),
+        (400, "refused"),
+    )
+    message = f"{exc.what} — {exc.fix}" if exc.fix else exc.what
+    return error(status, message, code)
+
+
+class _BadBody(Exception):
+    pass
+
+
+def _body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        raise _BadBody("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise _BadBody("the body must be a JSON object")
+    return data
+
+
+def _field(body: Mapping[str, Any], key: str, kind: type, optional: bool = False) -> Any:
+    value = body.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise _BadBody(f"{key!r} must be a {kind.__name__}")
+    return value
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind.value,
+        "spec": job.spec,
+        "tz": job.tz,
+        "text": job.text,
+        "created_by": job.created_by.value,
+        "enabled": job.enabled,
+        "next_run_at": _iso(job.next_run_at if job.enabled else None),
+    }
+
+
+Handler = Callable[[ClawIdentity, dict[str, Any]], HttpResponse]
+
+
+def _json_route(handler: Handler) -> Route:
+    """Parse the body, run ``handler``, turn expected failures into 4xx JSON."""
+
+    def route(claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
+        try:
+            return handler(claw, _body(request) if request.method == "POST" else {})
+        except _BadBody as exc:
+            return error(400, str(exc), "bad_request")
+        except ClawdenError as exc:
+            return _from_clawden_error(exc)
+        except Exception:  # noqa: BLE001 — the claw gets an answer, the log the detail
+            log.exception(
+                "host API %s %s failed for claw %s", request.method, request.path, claw.name
+            )
+            return error(
+                500, "the host failed to do this; its operator can check the log", "internal"
+            )
+
+    return route
+
+
+class HostApi:
+    """The store-backed routes, on the controller's ``Store``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.messages = store.messages
+        self.schedules = store.schedules
+        self.skills = store.skills
+
+    def send_message(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        text = _field(body, "text", str)
+        check_text(text)
+        if not text.strip():
+            raise _BadBody("the message is empty")
+        message = self.messages.add(claw.name, "out", OWNER_CHANNEL, claw.name, text, kind="chat")
+        return HttpResponse.json(200, {"id": message.id, "delivered": message.delivered})
+
+    def list_schedules(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        jobs = self.schedules.list(claw.name)
+        return HttpResponse.json(200, {"schedules": [job_json(j) for j in jobs]})
+
+    def create_schedule(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        job = schedule_add(
+            self.store,
+            claw.name,
+            _field(body, "kind", str),
+            _field(body, "spec", str),
+            _field(body, "tz", str, optional=True),
+            _field(body, "text", str),
+            created_by=CreatedBy.CLAW.value,
+        )
+        return HttpResponse.json(201, {"schedule": job_json(job)})
+
+    def delete_schedule(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        job_id = _field(body, "id", int)
+        job = self.schedules.get(job_id)
+        if job is None or job.claw != claw.name:
+            # Another claw's job is "not found" too: its existence is not ours to learn.
+            return error(404, f"you have no scheduled job {job_id}", "not_found")
+        schedule_rm(self.store, job_id, claw=claw.name)
+        return HttpResponse.json(200, {"deleted": True})
+
+    def list_skills(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        """The skills the owner installed here: the guest indexes only these,
+        and only while their files still hash to ``sha256``."""
+        rows = self.skills.list(claw.name)
+        skills = [{"name": s.name, "sha256": s.content_hash} for s in rows]
+        return HttpResponse.json(200, {"skills": skills})
+
+
+def _number(body: Mapping[str, Any], key: str, default: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _BadBody(f"{key!r} must be a number of seconds")
+    return float(value)
+
+
+def _approval_json(approval: Approval) -> dict[str, Any]:
+    return {"id": approval.id, "status": approval.status, "reason": approval.reason}
+
+
+class ApprovalRoutes:
+    """``/v1/approvals``: queue a request for the admin, long-poll its decision.
+    Each request is audited through the store's one ``AuditLog`` (with its
+    head file), in the same transaction that records it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.approvals = store.approvals
+        self.audit = store.audit
+
+    def request(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        action = _field(body, "action", str)
+        details = _field(body, "details", str)
+        timeout_s = _number(body, "timeout_s", DEFAULT_TIMEOUT_S)
+        try:
+            with self.store.transaction():
+                approval = self.approvals.request(claw.name, action, details, timeout_s)
+                self.audit.append(
+                    f"claw:{claw.name}",
+                    "approval.request",
+                    approval.id,
+                    {
+                        "claw": claw.name,
+                        "action": approval.action,
+                        "sha256": approval.sha256,
+                        "expires_at": _iso(approval.expires_at),
+                    },
+                )
+        except Conflict as exc:
+            # Too many waiting: the agent sees a denial with the reason, not an error.
+            log.info("claw %s: approval refused: %s", claw.name, exc.what)
+            return HttpResponse.json(201, {"id": "none", "status": "denied", "reason": str(exc)})
+        log.info(
+            "claw %s asks approval %s for %s", claw.name, approval.id, printable(approval.action)
+        )
+        return HttpResponse.json(201, _approval_json(approval))
+
+    def wait(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
+        approval_id = _field(body, "id", str)[:100]
+        wait_s = _number(body, "wait_s", MAX_WAIT_S)
+        approval = self.approvals.wait(approval_id, claw.name, wait_s)
+        return HttpResponse.json(200, _approval_json(approval))
+
+
+def _whoami(claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
+    return HttpResponse.json(200, {"claw": claw.name})
+
+
+def _health(claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
+    return HttpResponse.json(200, {"ok": True})
+
+
+def host_api_service(store: Store | None = None) -> HttpService:
+    """The host API; without a store only the identity routes exist (``whoami``,
+    ``health``), which is all a channel test needs."""
+    routes: dict[tuple[str, str], Route] = {
+        ("GET", "/v1/whoami"): _whoami,
+        ("GET", "/v1/health"): _health,
+    }
+    if store is not None:
+        api = HostApi(store)
+        approvals = ApprovalRoutes(store)
+        routes.update(
+            {
+                ("POST", "/v1/messages"): _json_route(api.send_message),
+                ("GET", "/v1/schedules"): _json_route(api.list_schedules),
+                ("POST", "/v1/schedules"): _json_route(api.create_schedule),
+                ("POST", "/v1/schedules/delete"): _json_route(api.delete_schedule),
+                ("GET", "/v1/skills"): _json_route(api.list_skills),
+                ("POST", "/v1/approvals"): _json_route(approvals.request),
+                ("POST", "/v1/approvals/wait"): _json_route(approvals.wait),
+            }
+        )
+    return HttpService("hostapi", HOST_API_PORT, routes)
