@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import confined
 from . import workspace as ws
 from .history import History, Message, transcript
 from .model import AssistantMessage, ChatModel, ModelError, ModelUnavailable
@@ -216,7 +217,7 @@ class Agent:
                 turn_start,
                 lambda dropped: self.remember(dropped, model, run),
             )
-        except (ModelError, ws.WorkspaceError, OSError) as exc:
+        except (ModelError, confined.WorkspaceError, OSError) as exc:
             log.warning("history not trimmed: durable facts could not be saved (%s)", exc)
             return 0
 

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from .workspace import WorkspaceError, confined_parts
+from .confined import WorkspaceError, confined_parts
 
 HASH_TAG = b"clawden-skill-v1\0"
 MAX_HASHED_FILES = 256  # the host's install limits; a bigger folder cannot match

@@ -26,8 +26,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .confined import WorkspaceError, confined_parts, read_confined
 from .skillhash import skill_hash
-from .workspace import WorkspaceError, confined_parts, read_confined
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")  # Agent Skills naming
 MAX_SKILL_MD = 256 * 1024

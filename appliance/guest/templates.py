@@ -23,7 +23,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from .workspace import WorkspaceError, _open_parent, confined_parts
+from .confined import WorkspaceError, confined_parts, open_parent
 
 SEEDED_MARKER = "seeded"
 DEFAULT_NAME = "claw"
@@ -125,7 +125,7 @@ def _clean(value: str, fallback: str) -> str:
 def _create(workspace: Path, rel: str, text: str) -> bool:
     """Create ``rel`` with ``text`` unless it exists; never through a link."""
     comps = confined_parts(workspace, rel)
-    parent = _open_parent(workspace, comps, create=True)
+    parent = open_parent(workspace, comps, create=True)
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(comps[-1], flags, 0o644, dir_fd=parent)

@@ -5,7 +5,7 @@ or a bug in a handler all come back to the model as ``error: ...`` text, so
 the model can correct itself and the loop goes on. Every result is capped,
 because it goes into the context of the next model call.
 
-File tools reuse the workspace's confined access (``workspace.read_confined``
+File tools reuse the workspace's confined access (``confined.read_confined``
 and its writer): the path is resolved, must stay in the workspace, and is then
 opened component by component without following links.
 """
@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import confined
 from . import workspace as ws
 from .hostapi import HostApi, HostApiError
 from .shell import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, run_shell
@@ -93,7 +94,7 @@ class ToolBox:
             result = tool.handler(args)
         except ValueError as exc:  # includes JSONDecodeError
             result = f"error: {exc}"
-        except (ToolError, ws.WorkspaceError, SkillError, HostApiError) as exc:
+        except (ToolError, confined.WorkspaceError, SkillError, HostApiError) as exc:
             result = f"error: {exc}"
         except FileNotFoundError as exc:
             result = f"error: {exc.filename or 'the file'} does not exist"
@@ -133,7 +134,7 @@ def _rel(workspace: Path, path: str) -> str:
 
 def _refuse_skills(workspace: Path, rel: str) -> None:
     """Skills come from the owner only: the file tools do not write under skills/."""
-    comps = ws.confined_parts(workspace, rel)
+    comps = confined.confined_parts(workspace, rel)
     if rel.split("/", 1)[0] == "skills" or comps[0] == "skills":
         raise ToolError(
             "skills are installed by the owner with `clawden skill add`; "
@@ -153,7 +154,7 @@ class ToolContext:
 def _file_tools(c: ToolContext) -> list[Tool]:
     def read(a: dict[str, Any]) -> str:
         rel = _rel(c.workspace, a["path"])
-        text, size = ws.read_confined(c.workspace, rel, MAX_READ)
+        text, size = confined.read_confined(c.workspace, rel, MAX_READ)
         note = (
             f"\n[file is {size} bytes; only its head and tail are shown]" if size > MAX_READ else ""
         )
@@ -170,7 +171,7 @@ def _file_tools(c: ToolContext) -> list[Tool]:
     def edit(a: dict[str, Any]) -> str:
         rel, old, new = _rel(c.workspace, a["path"]), a["old"], a["new"]
         _refuse_skills(c.workspace, rel)
-        text, size = ws.read_confined(c.workspace, rel, MAX_WRITE)
+        text, size = confined.read_confined(c.workspace, rel, MAX_WRITE)
         if size > MAX_WRITE:
             raise ToolError(f"{rel} is larger than {MAX_WRITE} bytes; edit it with the shell")
         count = text.count(old) if old else 0

@@ -19,10 +19,9 @@ import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # skills imports this module; the type is only needed for checking
-    from .skills import SkillIndex
+from .confined import WorkspaceError, confined_parts, open_parent, read_confined
+from .skills import SkillIndex, index_text, scan_skills
 
 DEFAULT_PER_FILE_CAP = 20_000  # characters; OpenClaw's bootstrapMaxChars default
 DEFAULT_TOTAL_CAP = 60_000
@@ -39,10 +38,6 @@ _PRIORITY = (
     "SOUL.md", "IDENTITY.md", "USER.md", "AGENTS.md", "BOOTSTRAP.md",
     "MEMORY.md", "@today", "@yesterday", "TOOLS.md", "HEARTBEAT.md", "@skills",
 )  # fmt: skip
-
-
-class WorkspaceError(Exception):
-    """A workspace operation the claw asked for cannot be done (bad name, escape)."""
 
 
 @dataclass(frozen=True)
@@ -70,73 +65,6 @@ class MemoryHit:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.snippet}"
-
-
-# ---- confined file access -------------------------------------------------------
-def confined_parts(root: Path, rel: str) -> list[str]:
-    """The components of ``rel`` after resolving links, proven to stay in ``root``."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\0" in rel or any(p in ("", "..") for p in parts):
-        raise WorkspaceError(f"{rel!r} is not a plain path inside the workspace")
-    real_root = os.path.realpath(root)
-    target = os.path.realpath(os.path.join(real_root, *parts))
-    if not target.startswith(real_root + os.sep):
-        raise WorkspaceError(f"{rel} points outside the workspace")
-    return os.path.relpath(target, real_root).split(os.sep)
-
-
-def _open_parent(root: Path, comps: list[str], *, create: bool = False) -> int:
-    """A descriptor for the directory holding ``comps[-1]``, walked without links."""
-    fd = os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for comp in comps[:-1]:
-            if create:
-                try:
-                    os.mkdir(comp, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
-            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-            nfd = os.open(comp, flags, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_confined(root: Path, rel: str, max_bytes: int) -> tuple[str, int]:
-    """The text of a regular file inside ``root`` and its full size in bytes.
-
-    Files larger than ``max_bytes`` come back as their head and tail (the tail
-    of a daily note is the newest part), so a huge file never fills memory.
-    Raises FileNotFoundError when missing, WorkspaceError when it escapes or is
-    not a regular file.
-    """
-    comps = confined_parts(root, rel)
-    parent = _open_parent(root, comps)
-    try:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        fd = os.open(comps[-1], flags, dir_fd=parent)
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise WorkspaceError(f"{rel} cannot be opened safely ({exc.strerror})") from exc
-    finally:
-        os.close(parent)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise WorkspaceError(f"{rel} is not a regular file")
-        size = info.st_size
-        if size <= max_bytes:
-            data = os.pread(fd, size, 0)
-        else:
-            half = max_bytes // 2
-            data = os.pread(fd, half, 0) + b"\n\n" + os.pread(fd, half, size - half)
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", errors="replace"), size
 
 
 def _truncate(name: str, text: str, cap: int, why: str) -> str:
@@ -192,9 +120,6 @@ def _load_parts(
     loaded: dict[str, tuple[str, str, bool]] = {}
     for key in names:
         if key == "@skills":
-            # Imported here, not at the top: skills reads files through this module.
-            from .skills import index_text, scan_skills
-
             index = scan_skills(workspace) if skills is None else skills
             reports += [PartReport(f"skills/{n}", "skipped", why) for n, why in index.skipped]
             body = index_text(index)
@@ -302,7 +227,7 @@ def heartbeat_checklist_empty(workspace: Path) -> bool:
 # ---- memory tools ---------------------------------------------------------------
 def _write_confined(workspace: Path, rel: str, text: str, *, append: bool) -> None:
     comps = confined_parts(workspace, rel)
-    parent = _open_parent(workspace, comps, create=True)
+    parent = open_parent(workspace, comps, create=True)
     mode = os.O_APPEND if append else os.O_TRUNC
     try:
         flags = os.O_WRONLY | os.O_CREAT | mode | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

@@ -96,14 +96,15 @@ def test_forwarded_connection_carries_the_claw_identity(sshd: LocalSshd) -> None
 
 
 def test_each_forwarded_port_reaches_its_own_service(sshd: LocalSshd) -> None:
-    from appliance.services.http import HttpResponse, HttpService
+    from appliance.services.http import HttpResponse, HttpService, Route
 
     ports = [_free_port(), _free_port()]
+
+    def answer(i: int) -> Route:
+        return lambda claw, request: HttpResponse(200, b"svc%d" % i)
+
     services = [
-        HttpService(
-            f"svc{i}", port, {("GET", "/"): lambda c, r, i=i: HttpResponse(200, b"svc%d" % i)}
-        )
-        for i, port in enumerate(ports)
+        HttpService(f"svc{i}", port, {("GET", "/"): answer(i)}) for i, port in enumerate(ports)
     ]
     transport = open_transport(_target(sshd, claw="carol"), timeout=10)
     try:

@@ -133,7 +133,7 @@ def _tokens(args: str) -> list[str]:
 def _check_command(args: str, complete: bool) -> str | None:
     """None if ``clawden <args>`` is valid, else what is wrong."""
     tokens = _tokens(args)
-    parser, path = _parser(), []
+    parser, path = _parser(), list[str]()
     rest = list(tokens)
     while rest and _subcommands(parser):
         word = rest[0]
@@ -203,7 +203,7 @@ def test_every_documented_command_exists(doc: Path) -> None:
 
 @pytest.mark.parametrize("doc", CLI_DOCS, ids=lambda p: p.name)
 def test_every_command_is_documented(doc: Path) -> None:
-    shown = set()
+    shown: set[str] = set()
     for args, _ in _mentions(doc):
         words = [w for w in _tokens(args) if not w.startswith("-")]
         shown.update(" ".join(words[:n]) for n in range(1, len(words) + 1))

@@ -84,7 +84,7 @@ class _Serve(socketserver.BaseRequestHandler):
     server: LoopbackHttp
 
     def handle(self) -> None:
-        self.server.service.handle(self.server.claw, self.request)  # type: ignore[arg-type]
+        self.server.service.handle(self.server.claw, self.request)
 
 
 @dataclass
@@ -209,7 +209,7 @@ def test_daily_budget_stops_calls_and_the_next_day_resumes(tmp_path: Path) -> No
     steps = [{"name": "call", "repeat": True, **HELLO}]
     for rig in _rig(tmp_path, steps, ClawPolicy(models=("m1",), daily_tokens=100)):
         client = rig.client()
-        ask = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+        ask: dict[str, Any] = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
         client.chat.completions.create(**ask)  # 50 tokens
         client.chat.completions.create(**ask)  # 100: the budget is now used up
         with pytest.raises(openai.RateLimitError) as info:
@@ -235,7 +235,7 @@ def test_monthly_cost_budget_names_the_reset_date(tmp_path: Path) -> None:
     policy = ClawPolicy(models=("m1",), monthly_cost_usd=0.05)  # one call costs $0.06
     for rig in _rig(tmp_path, steps, policy):
         client = rig.client()
-        ask = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+        ask: dict[str, Any] = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
         client.chat.completions.create(**ask)
         with pytest.raises(
             openai.RateLimitError, match="monthly budget of \\$0.05; resets on 2025-02-01"
@@ -249,7 +249,7 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     steps = [{"name": "call", "repeat": True, **HELLO}]
     for rig in _rig(tmp_path, steps, ClawPolicy(models=("m1",), requests_per_minute=2)):
         client = rig.client()
-        ask = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+        ask: dict[str, Any] = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
         client.chat.completions.create(**ask)
         client.chat.completions.create(**ask)
         with pytest.raises(openai.RateLimitError) as info:

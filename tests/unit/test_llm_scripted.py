@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from appliance.llm.scripted import ScenarioError, ScriptedModelServer, load_scenario
 
@@ -78,6 +79,7 @@ def test_tool_call_then_answer_without_streaming(client: openai.OpenAI) -> None:
     )
     assert first.choices[0].finish_reason == "tool_calls"
     [call] = first.choices[0].message.tool_calls or []
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Zürich"}
     assert first.usage is not None and first.usage.total_tokens == 37

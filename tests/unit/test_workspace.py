@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.guest import confined
 from appliance.guest import workspace as ws
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -119,10 +120,10 @@ def test_symlink_out_of_workspace_is_refused(tmp_path: Path) -> None:
     assert result.status_of("SOUL.md") == "refused"
     assert result.status_of("USER.md") == "refused"
     assert result.status_of("MEMORY.md") == "included"
-    with pytest.raises(ws.WorkspaceError, match="outside the workspace"):
-        ws.read_confined(root, "SOUL.md", 100)
-    with pytest.raises(ws.WorkspaceError):
-        ws.read_confined(root, "../secret.txt", 100)
+    with pytest.raises(confined.WorkspaceError, match="outside the workspace"):
+        confined.read_confined(root, "SOUL.md", 100)
+    with pytest.raises(confined.WorkspaceError):
+        confined.read_confined(root, "../secret.txt", 100)
 
 
 def test_fifo_is_not_read(tmp_path: Path) -> None:
@@ -154,7 +155,7 @@ def test_memory_append_search_read(new_ws: Path) -> None:
     assert "spaced repetition" in ws.memory_read(new_ws, "MEMORY.md")
     assert "mock exam" in ws.memory_read(new_ws, "memory/projects.md")
     for bad in ("SOUL.md", "memory/../SOUL.md", "/etc/passwd.md", "memory/nope.md"):
-        with pytest.raises(ws.WorkspaceError):
+        with pytest.raises(confined.WorkspaceError):
             ws.memory_read(new_ws, bad)
 
 
@@ -164,14 +165,14 @@ def test_memory_append_refuses_a_planted_link(tmp_path: Path) -> None:
     root = tmp_path / "w"
     root.mkdir()
     (root / "memory").symlink_to(outside)
-    with pytest.raises(ws.WorkspaceError):
+    with pytest.raises(confined.WorkspaceError):
         ws.memory_append(root, "hello", NOW)
     assert list(outside.iterdir()) == []
     (root / "memory").unlink()
     (root / "memory").mkdir()
     (root / "memory" / "2025-03-15.md").symlink_to(outside / "x.md")
-    with pytest.raises(ws.WorkspaceError):
+    with pytest.raises(confined.WorkspaceError):
         ws.memory_append(root, "hello", NOW)
     assert list(outside.iterdir()) == []
-    with pytest.raises(ws.WorkspaceError, match="empty"):
+    with pytest.raises(confined.WorkspaceError, match="empty"):
         ws.memory_append(root, "   ", NOW)
