@@ -4,7 +4,8 @@
 * every ``clawden …`` command shown in the README and the operator guide is a
   real command of the argparse parser (``appliance.cli._parser``), with real
   options, and every command the parser has is documented;
-* every relative link (and ``#anchor``) in README.md and docs/ resolves.
+* every relative link (and ``#anchor``) in README.md, docs/ and the package
+  READMEs (web/, provisioning/) resolves.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 GUIDE = REPO / "docs" / "operator-guide.md"
 CLI_DOCS = (README, GUIDE)
-MARKDOWN = (README, *sorted((REPO / "docs").rglob("*.md")))
+PACKAGE_READMES = (REPO / "web" / "README.md", REPO / "provisioning" / "README.md")
+MARKDOWN = (README, *sorted((REPO / "docs").rglob("*.md")), *PACKAGE_READMES)
 
 SETUP_COMMANDS = ["bash scripts/up.sh", "bash scripts/test.sh"]
 SETUP_SECTION = "Set up"
@@ -133,7 +135,8 @@ def _tokens(args: str) -> list[str]:
 def _check_command(args: str, complete: bool) -> str | None:
     """None if ``clawden <args>`` is valid, else what is wrong."""
     tokens = _tokens(args)
-    parser, path = _parser(), list[str]()
+    parser = _parser()
+    path: list[str] = []
     rest = list(tokens)
     while rest and _subcommands(parser):
         word = rest[0]
