@@ -6,8 +6,8 @@ SSH channel of *that claw's* transport. The claw's identity therefore comes
 from which transport carried the connection — never from anything the guest
 sends — and every service handler receives it explicitly.
 
-Later work (LLM gateway, egress proxy) plugs in by registering another
-``ForwardedService``.
+The host services in ``appliance.services`` (host API, LLM gateway, egress)
+plug in as ``ForwardedService``s; the egress proxy to come will too.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ stored or shown only as data (escaping happens wherever it is displayed).
 
 ``deliver_event`` is the primitive; ``converse`` is the controller's ``say``
 (a message in, its reply out, both stored); ``ChannelDelivery`` is the
-scheduler's ``Delivery`` port on top of it, for the controller to wire in.
+scheduler's ``Delivery`` port on top of it, wired in by the controller.
 """
 
 from __future__ import annotations

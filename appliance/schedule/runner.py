@@ -3,7 +3,7 @@
 ``SchedulerRunner.tick(now)`` does one pass and returns what it did, so tests
 drive it with an injected clock; ``SchedulerThread`` calls it every few
 seconds inside the controller. The delivery into the claw's agent is a port
-(``Delivery``); the real one (over the claw's channel) comes with the agent.
+(``Delivery``); the real one is ``controller.delivery.ChannelDelivery``.
 
 Heartbeats are cheap when idle: before delivering one, the runner reads the
 claw's HEARTBEAT.md (``HeartbeatSource``) and, when it holds nothing

@@ -206,7 +206,7 @@ def m007_skills(db: Database) -> None:
 
 
 def m008_approvals(db: Database) -> None:
-    # What a claw asked its admin to approve (appliance/approvals.py). The
+    # What a claw asked its admin to approve (appliance/core/approvals.py). The
     # action and details are untrusted text, stored exactly as received;
     # sha256 pins them (with the claw) so the operator decides on exactly
     # what was shown. No foreign key to claws: `claw destroy` removes them.
