@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -71,11 +72,29 @@ def local_sshd(workdir: Path, permit_listen: str = "127.0.0.1:*") -> Iterator[Lo
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(200):
-            if sock.exists():
-                break
-            time.sleep(0.02)
+        _wait_listening(sock, proc)
         yield LocalSshd(sock, host_public, client_private, user)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _wait_listening(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Until socat accepts connections: the socket file appears at bind(),
+    a moment before listen(), and a loaded machine can stretch that moment.
+    (The probe connection makes socat start one sshd, which sees EOF and exits.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"socat exited with {proc.returncode} before listening on {sock}")
+        if sock.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(sock))
+                return
+            except OSError:
+                pass
+            finally:
+                probe.close()
+        time.sleep(0.02)
+    raise RuntimeError(f"socat did not listen on {sock} within {timeout:.0f} s")
