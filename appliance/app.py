@@ -3,14 +3,19 @@ together, and the one place ``Settings`` is read from the environment.
 
 Everything below it takes what it needs as arguments: a ``Store`` (one
 SQLite connection with every repository), a ``Hypervisor``, an accelerator
-picker, the host services a claw reaches through its channel.
+picker, the host services a claw reaches through its channel, the
+controller's log handlers.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from appliance.channel.forwarding import ServiceRegistry
+from appliance.channel.logbudget import ClawLogBudget
 from appliance.config import Settings
 from appliance.controller.context import AcceleratorPicker, Context
 from appliance.core.ports import AcceleratorChoice, Hypervisor
@@ -74,3 +79,32 @@ def service_registry(settings: Settings, store: Store) -> ServiceRegistry:
             egress_stub_service(),
         ]
     )
+
+
+# `clawden serve` logs to CLAWDEN_HOME/logs/controller.log (and .1 … .5).
+CONTROLLER_LOG_BYTES = 10 * 1024 * 1024
+CONTROLLER_LOG_BACKUPS = 5
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def controller_logging(settings: Settings, root: logging.Logger | None = None) -> ClawLogBudget:
+    """The controller's log: stderr (as every command has) plus a rotating file
+    under ``settings.logs_dir``, both behind one per-claw budget, so a claw
+    that makes the host log can neither fill its disk nor bury other lines."""
+    root = root or logging.getLogger()
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.chmod(0o700)
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    to_file = RotatingFileHandler(
+        settings.controller_log,
+        maxBytes=CONTROLLER_LOG_BYTES,
+        backupCount=CONTROLLER_LOG_BACKUPS,
+        encoding="utf-8",
+    )
+    to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(to_file)
+    budget = ClawLogBudget()
+    for handler in root.handlers:
+        handler.addFilter(budget)
+    return budget

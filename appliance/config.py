@@ -61,6 +61,15 @@ class Settings:
         return self.home / "audit.head"
 
     @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def controller_log(self) -> Path:
+        """``clawden serve``'s log file (rotated: ``controller.log.1`` … ``.5``)."""
+        return self.logs_dir / "controller.log"
+
+    @property
     def controller_socket(self) -> Path:
         return self.run_dir / "controller.sock"
 
@@ -80,6 +89,7 @@ class Settings:
             (self.images_dir, 0o711),
             (self.claws_dir, 0o711),
             (self.run_dir, 0o700),
+            (self.logs_dir, 0o700),
         ):
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(mode)

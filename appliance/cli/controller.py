@@ -7,7 +7,7 @@ import signal
 import sys
 from types import FrameType
 
-from appliance.app import build_context, service_registry
+from appliance.app import build_context, controller_logging, service_registry
 from appliance.cli.output import Subparsers, progress
 from appliance.controller.reconcile import reconcile
 
@@ -29,6 +29,7 @@ def serve(args: argparse.Namespace) -> int:
     # One context for the controller and its services: the host API serves
     # claws from the same store connection the controller uses.
     ctx = build_context(actor="controller")
+    log_budget = controller_logging(ctx.settings)
     controller = Controller(lambda: ctx, service_registry(ctx.settings, ctx.store))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -36,7 +37,13 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # main() restores SIGPIPE's default for the CLI (`clawden … | head`), but
+    # the controller writes to sockets others may close at any time (a claw's
+    # forwarded connection, a VM's channel, a CLI client): that is an error to
+    # handle, never a reason for the process to die.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     controller.run()
+    log_budget.flush()
     return 0
 
 

@@ -8,35 +8,36 @@ it can explain to its owner, whereas nothing listening reads as a fault.
 
 For ``CONNECT`` a client only ever shows the status line, so the reason is in
 the reason phrase. Nothing is fetched, nothing is forwarded; the request head
-is read only to tell ``CONNECT`` from the rest (and to log what was wanted).
+is read only to tell ``CONNECT`` from the rest (and to log what was wanted),
+under the same bounds as the HTTP services' heads: at most ``max_head`` bytes,
+complete within ``head_timeout_s`` of the connection (a deadline — bytes
+trickling in do not extend it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 
 from appliance.channel.forwarding import ClawIdentity, ForwardedConnection
 from appliance.core.textsafe import printable
+from appliance.services.http import HttpLimits, recv_before
 
 log = logging.getLogger(__name__)
 
 EGRESS_PORT = 7703
 REASON = "web access is not enabled for this claw yet"
 CODE = "egress_not_available"
-_MAX_HEAD = 64 * 1024  # a request head larger than this is refused all the same
-_READ_TIMEOUT = 30.0
 
 
-def _read_head(conn: ForwardedConnection) -> bytes:
+def _read_head(conn: ForwardedConnection, limits: HttpLimits) -> bytes:
     """The request line and headers (or as much as arrived before a limit)."""
     head = b""
-    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < _MAX_HEAD:
-        try:
-            chunk = conn.recv(4096)
-        except OSError:  # includes the read timeout
-            break
-        if not chunk:
+    deadline = time.monotonic() + limits.head_timeout_s
+    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < limits.max_head:
+        chunk = recv_before(conn, deadline, min(4096, limits.max_head - len(head)))
+        if not chunk:  # the deadline passed, or the claw hung up
             break
         head += chunk
     return head
@@ -60,13 +61,13 @@ def refusal(method: str) -> bytes:
 class EgressStub:
     """A ``ForwardedService`` that refuses every request on the proxy port."""
 
-    def __init__(self, guest_port: int = EGRESS_PORT) -> None:
+    def __init__(self, guest_port: int = EGRESS_PORT, limits: HttpLimits | None = None) -> None:
         self.name = "egress"
         self.guest_port = guest_port
+        self.limits = limits or HttpLimits()
 
     def handle(self, claw: ClawIdentity, conn: ForwardedConnection) -> None:
-        conn.settimeout(_READ_TIMEOUT)
-        first = _read_head(conn).split(b"\n", 1)[0].decode("latin-1").strip()
+        first = _read_head(conn, self.limits).split(b"\n", 1)[0].decode("latin-1").strip()
         method, _, rest = first.partition(" ")
         target = rest.rsplit(" ", 1)[0] if " " in rest else rest
         log.info(
@@ -76,6 +77,7 @@ class EgressStub:
             printable(target[:200]),
         )
         try:
+            conn.settimeout(self.limits.send_timeout_s)
             conn.sendall(refusal(method.upper()))
         except (OSError, EOFError):
             pass  # the claw hung up first; there is nobody left to tell

@@ -29,7 +29,7 @@ from appliance.core.messages import check_text
 from appliance.core.schedule import CreatedBy, Job
 from appliance.core.textsafe import printable
 from appliance.schedule.jobs import schedule_add, schedule_rm
-from appliance.services.http import HttpRequest, HttpResponse, HttpService, Route
+from appliance.services.http import HttpRequest, HttpResponse, HttpService, Route, long_poll
 from appliance.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,21 @@ class _BadBody(Exception):
     pass
 
 
+def _no_constant(name: str) -> Any:
+    raise _BadBody(f"the body is not JSON ({name} is not a JSON number)")
+
+
 def _body(request: HttpRequest) -> dict[str, Any]:
     try:
-        data = json.loads(request.body or b"{}")
+        data = json.loads(request.body or b"{}", parse_constant=_no_constant)
+        # A lone surrogate ("\ud800") parses but cannot be stored or sent on.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeError:
+        raise _BadBody("the body has a string that is not valid Unicode") from None
     except ValueError:
         raise _BadBody("the body is not JSON") from None
+    except RecursionError:
+        raise _BadBody("the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise _BadBody("the body must be a JSON object")
     return data
@@ -105,7 +115,8 @@ Handler = Callable[[ClawIdentity, dict[str, Any]], HttpResponse]
 
 
 def _json_route(handler: Handler) -> Route:
-    """Parse the body, run ``handler``, turn expected failures into 4xx JSON."""
+    """Parse the body, run ``handler``, turn expected failures into 4xx JSON.
+    Anything else is the HTTP layer's: a 500 and one log line."""
 
     def route(claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
         try:
@@ -114,13 +125,6 @@ def _json_route(handler: Handler) -> Route:
             return error(400, str(exc), "bad_request")
         except ClawdenError as exc:
             return _from_clawden_error(exc)
-        except Exception:  # noqa: BLE001 — the claw gets an answer, the log the detail
-            log.exception(
-                "host API %s %s failed for claw %s", request.method, request.path, claw.name
-            )
-            return error(
-                500, "the host failed to do this; its operator can check the log", "internal"
-            )
 
     return route
 
@@ -256,7 +260,7 @@ def host_api_service(store: Store | None = None) -> HttpService:
                 ("POST", "/v1/schedules/delete"): _json_route(api.delete_schedule),
                 ("GET", "/v1/skills"): _json_route(api.list_skills),
                 ("POST", "/v1/approvals"): _json_route(approvals.request),
-                ("POST", "/v1/approvals/wait"): _json_route(approvals.wait),
+                ("POST", "/v1/approvals/wait"): long_poll(_json_route(approvals.wait)),
             }
         )
     return HttpService("hostapi", HOST_API_PORT, routes)

@@ -42,13 +42,17 @@ from appliance.core.llm_policy import (
     model_allowed,
 )
 from appliance.llm.config import ConfigLoader, LlmConfig, Upstream, safe_url
-from appliance.services.http import HttpRequest, HttpResponse, HttpService
+from appliance.services.http import HttpLimits, HttpRequest, HttpResponse, HttpService
 from appliance.store import Store
 from appliance.store.usage import UsageRepository
 
 log = logging.getLogger(__name__)
 
 LLM_GATEWAY_PORT = 7702
+# A chat request carries the whole conversation (the agent keeps ~100 k
+# characters of history plus its prompt and tools): 4 MiB leaves room for long
+# prompts; the host API's 1 MiB default is for small JSON.
+MAX_REQUEST_BODY = 4 * 1024 * 1024
 # Upstream statuses whose body helps the claw fix its own request; anything
 # else (401/403: the host's key; 5xx: the provider) is the host's problem.
 _PASS_THROUGH = {400, 404, 413, 422, 429}
@@ -105,6 +109,7 @@ class LlmGateway:
                 ("POST", "/v1/chat/completions"): self.chat_completions,
                 ("GET", "/v1/models"): self.models,
             },
+            limits=HttpLimits(max_body=MAX_REQUEST_BODY),
         )
 
     # ---- routes ----------------------------------------------------------------
