@@ -19,6 +19,7 @@ from appliance.channel.logbudget import ClawLogBudget
 from appliance.config import Settings
 from appliance.controller.context import AcceleratorPicker, Context
 from appliance.core.ports import AcceleratorChoice, Hypervisor
+from appliance.core.quotas import Refusals
 from appliance.hypervisor.accel import choose_accelerator
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
 from appliance.services.egress_stub import egress_stub_service
@@ -66,15 +67,19 @@ def build_context(settings: Settings | None = None, actor: str = "cli") -> Conte
     )
 
 
-def service_registry(settings: Settings, store: Store) -> ServiceRegistry:
+def service_registry(
+    settings: Settings, store: Store, refusals: Refusals | None = None
+) -> ServiceRegistry:
     """Every host service a claw can reach through its channel, all on the
-    controller's ``store``: the host API (7701); the LLM gateway (7702), which
+    controller's ``store``: the host API (7701), which counts the requests
+    its quotas refuse in ``refusals`` (shared with the controller, which
+    reports them); the LLM gateway (7702), which
     reads ``llm.toml`` per call, so a missing upstream is an OpenAI-shaped 503
     to the claw, never a failed start; and the egress stub (7703), which
     refuses until the egress proxy exists."""
     return ServiceRegistry(
         [
-            host_api_service(store),
+            host_api_service(store, refusals=refusals),
             llm_gateway_service(store, settings.home),
             egress_stub_service(),
         ]

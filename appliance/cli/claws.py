@@ -14,6 +14,7 @@ from appliance.controller import rpc
 from appliance.controller.guestfiles import ClawFiles
 from appliance.controller.lifecycle import Lifecycle
 from appliance.core.errors import ClawdenError, InvalidInput, Unavailable
+from appliance.core.messages import parse_cutoff
 from appliance.core.model import ClawSpec, validate_claw_name
 from appliance.core.textsafe import printable
 
@@ -69,6 +70,12 @@ def register(sub: Subparsers) -> None:
     msgs = claw.add_parser("messages", help="show a claw's recent messages (both directions)")
     msgs.add_argument("name")
     msgs.add_argument("--limit", type=int, default=20, help="how many, newest last (default 20)")
+    msgs.add_argument(
+        "--purge-before",
+        metavar="DATE",
+        help="delete the claw's messages created before DATE (ISO date or date-time, UTC)",
+    )
+    msgs.add_argument("--yes", action="store_true", help="confirm --purge-before")
     msgs.set_defaults(handler=claw_messages)
 
 
@@ -195,6 +202,8 @@ def claw_say(args: argparse.Namespace) -> int:
 
 def claw_messages(args: argparse.Namespace) -> int:
     name = validate_claw_name(args.name)
+    if args.purge_before is not None:
+        return _purge_messages(name, args.purge_before, args.yes)
     ctx = build_context()
     ctx.claws.require(name)
     messages = ctx.store.messages.list(name, limit=args.limit)
@@ -207,6 +216,28 @@ def claw_messages(args: argparse.Namespace) -> int:
         text = printable(m.text).replace("\n", "\n    ")
         print(f"{m.created_at} {arrow} {printable(m.sender)} [{m.kind}/{m.channel}]{state}")
         print(f"    {text}")
+    return 0
+
+
+def _purge_messages(name: str, when: str, yes: bool) -> int:
+    cutoff = parse_cutoff(when)  # a bad date is refused before anything is opened
+    shown = cutoff.isoformat().replace("+00:00", "Z")
+    ctx = build_context()
+    ctx.claws.require(name)
+    store = ctx.store
+    if not yes:
+        count = store.messages.count_before(name, cutoff)
+        if count == 0:
+            print(f"no messages of {name} created before {shown}: nothing to delete")
+            return 0
+        raise InvalidInput(
+            f"this would delete {count} message(s) of {name} created before {shown}",
+            f"confirm with `clawden claw messages {name} --purge-before {shown} --yes`",
+        )
+    with store.transaction():
+        count = store.messages.delete_before(name, cutoff)
+        ctx.audit.append(ctx.actor, "messages.purge", name, {"before": shown, "deleted": count})
+    print(f"deleted {count} message(s) of {name} created before {shown}")
     return 0
 
 

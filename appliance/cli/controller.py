@@ -10,6 +10,7 @@ from types import FrameType
 from appliance.app import build_context, controller_logging, service_registry
 from appliance.cli.output import Subparsers, progress
 from appliance.controller.reconcile import reconcile
+from appliance.core.quotas import Refusals
 
 
 def register(sub: Subparsers) -> None:
@@ -30,7 +31,12 @@ def serve(args: argparse.Namespace) -> int:
     # claws from the same store connection the controller uses.
     ctx = build_context(actor="controller")
     log_budget = controller_logging(ctx.settings)
-    controller = Controller(lambda: ctx, service_registry(ctx.settings, ctx.store))
+    # Quota refusals are counted in memory, never stored: the host API and
+    # the scheduler count them, the controller reports them to `claw status`.
+    refusals = Refusals()
+    controller = Controller(
+        lambda: ctx, service_registry(ctx.settings, ctx.store, refusals), refusals=refusals
+    )
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         controller.stop()

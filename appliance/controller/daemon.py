@@ -35,6 +35,7 @@ from appliance.controller.rpc import Reply, RpcServer, encode_chunk
 from appliance.core.errors import ClawdenError, InvalidInput, NotFound, Unavailable
 from appliance.core.model import ClawState, domain_name, validate_claw_name
 from appliance.core.ports import DomainState
+from appliance.core.quotas import Refusals
 from appliance.schedule.runner import SchedulerRunner, SchedulerThread
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Controller:
         registry: ServiceRegistry,
         say: Callable[[str], None] = print,
         agent_command: Sequence[str] = AGENT_COMMAND,
+        refusals: Refusals | None = None,
     ) -> None:
         # One Context (one SQLite connection) for every thread: the store
         # serialises access itself, and opening more connections per request
@@ -64,6 +66,7 @@ class Controller:
         self._sync_lock = threading.Lock()
         self._gate = RetryGate()
         self._messages = self._ctx.store.messages
+        self._refusals = refusals or Refusals()
         # The guest command events are delivered to; tests point it elsewhere.
         self._agent_command = tuple(agent_command)
         self.channels = ChannelManager(registry, self._target_for, self._audit_event)
@@ -73,6 +76,7 @@ class Controller:
                 ChannelDelivery(self._scheduled_transport, command=self._agent_command),
                 heartbeats=ChannelHeartbeatSource(self._scheduled_transport),
                 messages=self._messages,
+                refusals=self._refusals,
             ),
             interval_s=SCHEDULE_EVERY,
         )
@@ -177,7 +181,7 @@ class Controller:
                     "connects": st.connects,
                     "last_error": st.last_error,
                 }
-        return {"pid": os.getpid(), "channels": claws}
+        return {"pid": os.getpid(), "channels": claws, "refusals": self._refusals.totals()}
 
     def _connection(self, claw: str) -> ClawConnection:
         record = self._ctx.claws.require(claw)

@@ -1,16 +1,20 @@
-"""``clawden claw status``: the store's view, libvirt's view and the channel's."""
+"""``clawden claw status``: the store's view, libvirt's view, the channel's,
+and the claw's quotas (what it used of each limit)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from appliance.controller import rpc
 from appliance.controller.context import Context
 from appliance.controller.guestfiles import ClawFiles
-from appliance.core.errors import Unavailable
+from appliance.core.errors import ClawdenError, Unavailable
 from appliance.core.model import domain_name
+from appliance.core.quotas import APPROVAL_WINDOW, DEFAULT_QUOTAS, MAX_CLAW_JOBS, Quotas
 from appliance.core.textsafe import printable
+from appliance.llm.config import load_llm_config
 
 
 def rss_kib(pid: int) -> int | None:
@@ -52,13 +56,63 @@ def claw_status_lines(ctx: Context, name: str) -> Iterator[str]:
         note = f" — last error: {printable(busy.error)}" if busy.error else ""
         yield f"operation: {busy.kind} #{busy.id} at step {busy.step}{note}"
     try:
-        reply = rpc.call(ctx.settings.controller_socket, {"op": "status"}, timeout=5)
+        reply: dict[str, Any] | None = rpc.call(
+            ctx.settings.controller_socket, {"op": "status"}, timeout=5
+        )
     except Unavailable:
+        reply = None
+    if reply is None:
         yield "channel:   unknown (controller not running: `clawden serve`)"
-        return
-    channel = reply.get("channels", {}).get(name)
-    if channel is None:
-        yield "channel:   not supervised (claw not running)"
     else:
-        err = f" ({printable(channel['last_error'])})" if channel.get("last_error") else ""
-        yield f"channel:   {channel['state']}, connected {channel['connects']} time(s){err}"
+        channel = reply.get("channels", {}).get(name)
+        if channel is None:
+            yield "channel:   not supervised (claw not running)"
+        else:
+            err = f" ({printable(channel['last_error'])})" if channel.get("last_error") else ""
+            yield f"channel:   {channel['state']}, connected {channel['connects']} time(s){err}"
+    refused = None if reply is None else reply.get("refusals", {}).get(name, {})
+    yield from quota_lines(ctx, name, refused)
+
+
+def quota_lines(
+    ctx: Context,
+    name: str,
+    refused: Mapping[str, int] | None,
+    quotas: Quotas = DEFAULT_QUOTAS,
+) -> Iterator[str]:
+    """What the claw used of each quota (docs/security.md#quotas); ``refused``
+    is the controller's in-memory count (None: the controller is not running)."""
+    store = ctx.store
+    now = store.clock()
+    used = store.messages.usage(name, now)
+    asked = len(store.approvals.asked_since(name, now - APPROVAL_WINDOW))
+    pending = store.approvals.pending_count(name)
+    calls = store.usage.period_totals(name, now)[0].requests
+    yield "quotas:"
+    yield (
+        f"  messages:  {used.sent_today} today, {used.bytes_today} of "
+        f"{quotas.message_bytes_per_day} bytes (UTC day); at most "
+        f"{quotas.messages_per_minute:g} a minute, bursts of {quotas.message_burst}"
+    )
+    yield f"  backlog:   {used.backlog} of {quotas.message_backlog} messages not delivered yet"
+    yield (
+        f"  approvals: {asked} of {quotas.approvals_per_hour} in the last hour, "
+        f"{pending} of {quotas.approvals_pending} pending"
+    )
+    yield f"  schedules: {store.schedules.claw_made(name)} of {MAX_CLAW_JOBS} made by the claw"
+    try:
+        rpm = load_llm_config(ctx.settings.home).policy_for(name).requests_per_minute
+        rate = (
+            f"the gateway allows {rpm} a minute (llm.toml)" if rpm is not None else "no rate limit"
+        )
+    except ClawdenError as exc:
+        rate = f"rate unknown: {printable(exc.what)}"
+    yield f"  llm calls: {calls} today; {rate}"
+    if refused is None:
+        yield "  refused:   unknown (controller not running)"
+    elif not refused:
+        yield "  refused:   none since the controller started"
+    else:
+        detail = ", ".join(f"{quota} {n}" for quota, n in sorted(refused.items()))
+        total = sum(refused.values())
+        yield f"  refused:   {total} since the controller started ({detail})"

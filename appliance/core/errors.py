@@ -33,6 +33,19 @@ class Conflict(ClawdenError):
     exit_code = 3
 
 
+class OverQuota(ClawdenError):
+    """A claw asked for more than its quota allows (``appliance.core.quotas``);
+    ``retry_after_s`` is how long until asking again can succeed, and
+    ``quota`` names the limit (``messages.rate``, ``approvals.per_hour``, …)."""
+
+    exit_code = 3
+
+    def __init__(self, what: str, fix: str, *, quota: str, retry_after_s: int) -> None:
+        super().__init__(what, fix)
+        self.quota = quota
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
 class Unavailable(ClawdenError):
     """A dependency (libvirtd, the controller, a VM's channel) is not reachable."""
 

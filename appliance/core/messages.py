@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from appliance.core.errors import InvalidInput
 
@@ -40,8 +41,13 @@ class Message:
     delivered: bool
 
 
+def text_bytes(text: str) -> int:
+    """The size the message takes in the store (UTF-8)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def check_text(text: str) -> None:
-    size = len(text.encode("utf-8", "surrogatepass"))
+    size = text_bytes(text)
     if size > MAX_TEXT_BYTES:
         raise InvalidInput(
             f"the message is {size} bytes, the limit is {MAX_TEXT_BYTES}",
@@ -61,3 +67,18 @@ def check_fields(direction: str, channel: str, kind: str, sender: str) -> None:
         )
     if not sender or len(sender) > 200:
         raise InvalidInput("a message needs a sender of at most 200 characters", "name who sent it")
+
+
+def parse_cutoff(text: str) -> datetime:
+    """``--purge-before``: an ISO date (``2026-01-31``, midnight UTC) or
+    date-time (``2026-01-31T18:00``; UTC unless it carries an offset)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"invalid date {text!r}",
+            "give an ISO date such as 2026-01-31 or a UTC date-time such as 2026-01-31T18:00",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)

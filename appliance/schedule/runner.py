@@ -10,7 +10,9 @@ claw's HEARTBEAT.md (``HeartbeatSource``) and, when it holds nothing
 actionable, records ``skipped: nothing actionable`` without any delivery, so
 no model is called. A heartbeat reply that is just ``HEARTBEAT_OK`` is not
 stored for the owner; any other reply is stored as an undelivered outgoing
-message for the channels to deliver.
+message for the channels to deliver — within the claw's message quotas
+(bytes a day, undelivered backlog; appliance/core/quotas.py), since the claw
+wrote it: a claw cannot get around them by scheduling its messages.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from appliance.core.errors import ClawdenError
+from appliance.core.errors import ClawdenError, OverQuota
 from appliance.core.heartbeat import HeartbeatSource, heartbeat_is_actionable, is_heartbeat_ok
+from appliance.core.quotas import DEFAULT_QUOTAS, Quotas, Refusals
 from appliance.core.schedule import GRACE, Job, JobKind, plan
 from appliance.store.messages import MessageRepository
 from appliance.store.schedules import ScheduleRepository
@@ -88,6 +91,8 @@ class SchedulerRunner:
         heartbeats: HeartbeatSource | None = None,
         messages: MessageRepository | None = None,
         grace: timedelta = GRACE,
+        quotas: Quotas = DEFAULT_QUOTAS,
+        refusals: Refusals | None = None,
     ) -> None:
         self.store = store
         self.delivery = deliver
@@ -95,6 +100,8 @@ class SchedulerRunner:
         self.heartbeats = heartbeats
         self.messages = messages
         self.grace = grace
+        self.quotas = quotas
+        self.refusals = refusals or Refusals()
 
     def tick(self, now: datetime | None = None) -> list[Fired]:
         """Handle every job due at ``now`` (default: the clock), oldest first."""
@@ -151,7 +158,18 @@ class SchedulerRunner:
             return f"ok: HEARTBEAT_OK, not forwarded{suffix}"
         if self.messages is not None:
             kind = "heartbeat" if job.kind is JobKind.HEARTBEAT else "schedule"
-            self.messages.add(job.claw, "out", "schedule", job.claw, reply, kind=kind)
+            now = self.clock()
+            try:
+                self.messages.add_from_claw(
+                    job.claw, "schedule", reply, kind=kind, quotas=self.quotas, now=now
+                )
+            except OverQuota as exc:
+                # Not stored, and the job's last_status (one row, updated in
+                # place) says why; the log hears of it at most once a minute.
+                line = self.refusals.count(job.claw, exc.quota, now.timestamp())
+                if line is not None:
+                    log.warning("%s", line)
+                return f"refused: reply not stored: {exc.what}"
         return f"ok: reply stored for the owner{suffix}"
 
 

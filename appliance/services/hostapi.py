@@ -12,6 +12,12 @@ appliance/core/approvals.py, rows in appliance/store/approvals.py) and the
 claw long-polls for the decision; requests and their outcome are in the audit
 log. Its action and details are untrusted and only ever stored as
 data, then escaped wherever they are shown.
+
+Quotas (appliance/core/quotas.py) bound what a claw can make the host store:
+its messages (a rate, bytes a day, an undelivered backlog) and its approval
+requests (5 pending, 20 an hour). Over a quota the claw gets a 429 with
+``Retry-After`` and a message saying what to do; the refusal is counted in
+memory and logged at most once a minute per claw, never stored.
 """
 
 from __future__ import annotations
@@ -24,8 +30,16 @@ from typing import Any
 
 from appliance.channel.forwarding import ClawIdentity
 from appliance.core.approvals import DEFAULT_TIMEOUT_S, MAX_WAIT_S, Approval
-from appliance.core.errors import ClawdenError, Conflict, InvalidInput, NotFound, Unavailable
+from appliance.core.errors import (
+    ClawdenError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    OverQuota,
+    Unavailable,
+)
 from appliance.core.messages import check_text
+from appliance.core.quotas import DEFAULT_QUOTAS, MessageRate, Quotas, Refusals
 from appliance.core.schedule import CreatedBy, Job
 from appliance.core.textsafe import printable
 from appliance.schedule.jobs import schedule_add, schedule_rm
@@ -114,7 +128,31 @@ def job_json(job: Job) -> dict[str, Any]:
 Handler = Callable[[ClawIdentity, dict[str, Any]], HttpResponse]
 
 
-def _json_route(handler: Handler) -> Route:
+class QuotaGuard:
+    """What the routes share about quotas: the limits, the in-memory message
+    rate, the refusal counter, and the clock (the store's)."""
+
+    def __init__(self, store: Store, quotas: Quotas, refusals: Refusals) -> None:
+        self.quotas = quotas
+        self.clock = store.clock
+        self.refusals = refusals
+        self.message_rate = MessageRate(quotas.messages_per_minute, quotas.message_burst)
+
+    def count(self, claw: ClawIdentity, quota: str) -> None:
+        """Count one refusal; log about them at most once a minute per claw."""
+        line = self.refusals.count(claw.name, quota, self.clock().timestamp())
+        if line is not None:
+            log.warning("%s", line)
+
+    def refused(self, claw: ClawIdentity, exc: OverQuota) -> HttpResponse:
+        """A 429 for the claw; a count, and now and then a log line, for us."""
+        self.count(claw, exc.quota)
+        response = error(429, str(exc), "over_quota")
+        headers = {**response.headers, "Retry-After": str(exc.retry_after_s)}
+        return HttpResponse(response.status, response.body, headers)
+
+
+def _json_route(handler: Handler, guard: QuotaGuard) -> Route:
     """Parse the body, run ``handler``, turn expected failures into 4xx JSON.
     Anything else is the HTTP layer's: a 500 and one log line."""
 
@@ -123,6 +161,8 @@ def _json_route(handler: Handler) -> Route:
             return handler(claw, _body(request) if request.method == "POST" else {})
         except _BadBody as exc:
             return error(400, str(exc), "bad_request")
+        except OverQuota as exc:
+            return guard.refused(claw, exc)
         except ClawdenError as exc:
             return _from_clawden_error(exc)
 
@@ -132,18 +172,26 @@ def _json_route(handler: Handler) -> Route:
 class HostApi:
     """The store-backed routes, on the controller's ``Store``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, guard: QuotaGuard) -> None:
         self.store = store
         self.messages = store.messages
         self.schedules = store.schedules
         self.skills = store.skills
+        self.guard = guard
 
     def send_message(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
         text = _field(body, "text", str)
         check_text(text)
         if not text.strip():
             raise _BadBody("the message is empty")
-        message = self.messages.add(claw.name, "out", OWNER_CHANNEL, claw.name, text, kind="chat")
+        # The rate first, in memory: a flood is turned away without touching
+        # the database. A message then refused for bytes or backlog has still
+        # used its turn, so retrying a full backlog in a loop is throttled too.
+        now = self.guard.clock()
+        self.guard.message_rate.admit(claw.name, now.timestamp())
+        message = self.messages.add_from_claw(
+            claw.name, OWNER_CHANNEL, text, kind="chat", quotas=self.guard.quotas, now=now
+        )
         return HttpResponse.json(200, {"id": message.id, "delivered": message.delivered})
 
     def list_schedules(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
@@ -195,18 +243,22 @@ class ApprovalRoutes:
     Each request is audited through the store's one ``AuditLog`` (with its
     head file), in the same transaction that records it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, guard: QuotaGuard) -> None:
         self.store = store
         self.approvals = store.approvals
         self.audit = store.audit
+        self.guard = guard
 
     def request(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
         action = _field(body, "action", str)
         details = _field(body, "details", str)
         timeout_s = _number(body, "timeout_s", DEFAULT_TIMEOUT_S)
         try:
+            # Over the hourly quota nothing is written: no row, no audit entry.
             with self.store.transaction():
-                approval = self.approvals.request(claw.name, action, details, timeout_s)
+                approval = self.approvals.request(
+                    claw.name, action, details, timeout_s, quotas=self.guard.quotas
+                )
                 self.audit.append(
                     f"claw:{claw.name}",
                     "approval.request",
@@ -219,8 +271,9 @@ class ApprovalRoutes:
                     },
                 )
         except Conflict as exc:
-            # Too many waiting: the agent sees a denial with the reason, not an error.
-            log.info("claw %s: approval refused: %s", claw.name, exc.what)
+            # Too many waiting: the agent sees a denial with the reason, not an
+            # error; like any refusal it is counted, not stored or logged each time.
+            self.guard.count(claw, "approvals.pending")
             return HttpResponse.json(201, {"id": "none", "status": "denied", "reason": str(exc)})
         log.info(
             "claw %s asks approval %s for %s", claw.name, approval.id, printable(approval.action)
@@ -242,25 +295,31 @@ def _health(claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
     return HttpResponse.json(200, {"ok": True})
 
 
-def host_api_service(store: Store | None = None) -> HttpService:
+def host_api_service(
+    store: Store | None = None,
+    quotas: Quotas = DEFAULT_QUOTAS,
+    refusals: Refusals | None = None,
+) -> HttpService:
     """The host API; without a store only the identity routes exist (``whoami``,
-    ``health``), which is all a channel test needs."""
+    ``health``), which is all a channel test needs. ``refusals`` is shared
+    with the controller, which reports it in ``claw status``."""
     routes: dict[tuple[str, str], Route] = {
         ("GET", "/v1/whoami"): _whoami,
         ("GET", "/v1/health"): _health,
     }
     if store is not None:
-        api = HostApi(store)
-        approvals = ApprovalRoutes(store)
+        guard = QuotaGuard(store, quotas, refusals or Refusals())
+        api = HostApi(store, guard)
+        approvals = ApprovalRoutes(store, guard)
         routes.update(
             {
-                ("POST", "/v1/messages"): _json_route(api.send_message),
-                ("GET", "/v1/schedules"): _json_route(api.list_schedules),
-                ("POST", "/v1/schedules"): _json_route(api.create_schedule),
-                ("POST", "/v1/schedules/delete"): _json_route(api.delete_schedule),
-                ("GET", "/v1/skills"): _json_route(api.list_skills),
-                ("POST", "/v1/approvals"): _json_route(approvals.request),
-                ("POST", "/v1/approvals/wait"): long_poll(_json_route(approvals.wait)),
+                ("POST", "/v1/messages"): _json_route(api.send_message, guard),
+                ("GET", "/v1/schedules"): _json_route(api.list_schedules, guard),
+                ("POST", "/v1/schedules"): _json_route(api.create_schedule, guard),
+                ("POST", "/v1/schedules/delete"): _json_route(api.delete_schedule, guard),
+                ("GET", "/v1/skills"): _json_route(api.list_skills, guard),
+                ("POST", "/v1/approvals"): _json_route(approvals.request, guard),
+                ("POST", "/v1/approvals/wait"): long_poll(_json_route(approvals.wait, guard)),
             }
         )
     return HttpService("hostapi", HOST_API_PORT, routes)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from appliance.core.approvals import Clock, utc_clock
 from appliance.store.approvals import ApprovalRepository
 from appliance.store.audit import AuditEntry, AuditLog, AuditVerification
 from appliance.store.claws import ClawRepository
@@ -41,19 +42,26 @@ class Store:
     ``audit_head`` is the file outside the database that pins the audit
     chain's tail; every append goes through this store's one ``AuditLog`` so
     the head file always follows, whoever appends (CLI, controller, host API).
+
+    ``clock`` is the time the repositories that count by time (approvals,
+    messages, LLM usage) go by, and the host API's quotas with them; tests
+    inject a fake one.
     """
 
-    def __init__(self, db: Database, audit_head: Path | None = None) -> None:
+    def __init__(
+        self, db: Database, audit_head: Path | None = None, clock: Clock = utc_clock
+    ) -> None:
         self.db = db
+        self.clock = clock
         self.claws = ClawRepository(db)
         self.keys = KeyRepository(db)
         self.ops = OperationLog(db)
         self.audit = AuditLog(db, head_file=audit_head)
         self.skills = SkillRepository(db)
-        self.approvals = ApprovalRepository(db)
-        self.messages = MessageRepository(db)
+        self.approvals = ApprovalRepository(db, clock=clock)
+        self.messages = MessageRepository(db, clock=clock)
         self.schedules = ScheduleRepository(db)
-        self.usage = UsageRepository(db)
+        self.usage = UsageRepository(db, clock=clock)
 
     @classmethod
     def open(cls, path: Path, audit_head: Path | None = None) -> Store:

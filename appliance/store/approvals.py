@@ -14,7 +14,6 @@ from sqlite_utils import Database
 
 from appliance.core.approvals import (
     DEFAULT_TIMEOUT_S,
-    MAX_PENDING_PER_CLAW,
     MAX_REASON_CHARS,
     MAX_WAIT_S,
     POLL_S,
@@ -28,6 +27,7 @@ from appliance.core.approvals import (
     utc_clock,
 )
 from appliance.core.errors import Conflict, InvalidInput
+from appliance.core.quotas import APPROVAL_WINDOW, DEFAULT_QUOTAS, Quotas, check_approval_rate
 from appliance.store.tx import from_iso, locked, to_iso, transaction
 
 
@@ -67,8 +67,11 @@ class ApprovalRepository:
         details: str,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         now: datetime | None = None,
+        quotas: Quotas = DEFAULT_QUOTAS,
     ) -> Approval:
-        """Record a pending request; Conflict if the claw already has too many."""
+        """Record a pending request; Conflict if the claw already has too many
+        waiting, OverQuota if it asked too often in the last hour (checked in
+        the same transaction as the insert)."""
         check_action(action)
         check_details(details)
         now = now or self.clock()
@@ -79,11 +82,12 @@ class ApprovalRepository:
             waiting = self.db.execute(
                 "SELECT count(*) FROM approvals WHERE claw = ? AND status = 'pending'", [claw]
             ).fetchone()[0]
-            if waiting >= MAX_PENDING_PER_CLAW:
+            if waiting >= quotas.approvals_pending:
                 raise Conflict(
                     f"you already have {waiting} approval requests waiting for your admin",
                     "wait for a decision on those (or for them to expire) before asking again",
                 )
+            check_approval_rate(quotas, self.asked_since(claw, now - APPROVAL_WINDOW), now)
             self.db.execute(
                 "INSERT INTO approvals (id, claw, action, details, sha256, status, reason,"
                 " created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'pending', '', ?, ?)",
@@ -98,6 +102,24 @@ class ApprovalRepository:
                 ],
             )
             return self.require(approval_id)
+
+    def asked_since(self, claw: str, since: datetime) -> builtins.list[datetime]:
+        """When ``claw`` made each request after ``since``, oldest first."""
+        with locked(self.db):
+            rows = self.db.execute(
+                "SELECT created_at FROM approvals WHERE claw = ? AND created_at > ?"
+                " ORDER BY created_at",
+                [claw, to_iso(since)],
+            ).fetchall()
+        return [from_iso(row[0]) for row in rows]
+
+    def pending_count(self, claw: str) -> int:
+        self._expire_due(self.clock())
+        with locked(self.db):
+            row = self.db.execute(
+                "SELECT count(*) FROM approvals WHERE claw = ? AND status = 'pending'", [claw]
+            ).fetchone()
+        return int(row[0])
 
     def get(self, approval_id: str, claw: str | None = None) -> Approval | None:
         """The request (expired first if it is past due); with ``claw``, only

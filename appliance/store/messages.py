@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlite_utils import Database
@@ -15,8 +17,16 @@ from appliance.core.messages import (
     Message,
     check_fields,
     check_text,
+    text_bytes,
 )
-from appliance.store.tx import locked, transaction, utc_now
+from appliance.core.quotas import DEFAULT_QUOTAS, MessageUsage, Quotas, check_message, day_start
+from appliance.store.tx import locked, to_iso, transaction
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _to_message(row: dict[str, Any]) -> Message:
@@ -34,8 +44,11 @@ def _to_message(row: dict[str, Any]) -> Message:
 
 
 class MessageRepository:
-    def __init__(self, db: Database) -> None:
+    """The ``messages`` table. ``clock`` is injectable for tests."""
+
+    def __init__(self, db: Database, clock: Clock = _utc_now) -> None:
         self.db = db
+        self.clock = clock
 
     def add(
         self,
@@ -51,7 +64,7 @@ class MessageRepository:
         """Store one message as-is and return it with its id."""
         check_fields(direction, channel, kind, sender)
         check_text(text)
-        created_at = utc_now() if created_at is None else created_at
+        created_at = to_iso(self.clock()) if created_at is None else created_at
         with transaction(self.db):
             cursor = self.db.execute(
                 "INSERT INTO messages"
@@ -63,6 +76,60 @@ class MessageRepository:
         return Message(
             message_id, claw, direction, channel, sender, kind, text, created_at, delivered
         )
+
+    def add_from_claw(
+        self,
+        claw: str,
+        channel: str,
+        text: str,
+        kind: str = "chat",
+        quotas: Quotas = DEFAULT_QUOTAS,
+        now: datetime | None = None,
+    ) -> Message:
+        """Store a message the claw wrote to its owner, if its quotas allow
+        (``OverQuota`` otherwise: nothing is stored). Counting and inserting
+        share one write transaction, so parallel requests cannot overshoot."""
+        check_fields("out", channel, kind, claw)
+        check_text(text)
+        now = now or self.clock()
+        with transaction(self.db):
+            check_message(quotas, self.usage(claw, now), text_bytes(text), now)
+            return self.add(claw, "out", channel, claw, text, kind=kind, created_at=to_iso(now))
+
+    def usage(self, claw: str, now: datetime | None = None) -> MessageUsage:
+        """What ``claw`` wrote since 00:00 UTC (count and bytes) and how many
+        of its messages are still undelivered."""
+        now = now or self.clock()
+        with locked(self.db):
+            sent, size = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(length(CAST(text AS BLOB))), 0) FROM messages"
+                " WHERE claw = ? AND created_at >= ? AND direction = 'out'",
+                [claw, to_iso(day_start(now))],
+            ).fetchone()
+            (backlog,) = self.db.execute(
+                "SELECT COUNT(*) FROM messages"
+                " WHERE claw = ? AND delivered = 0 AND direction = 'out'",
+                [claw],
+            ).fetchone()
+        return MessageUsage(int(sent), int(size), int(backlog))
+
+    def count_before(self, claw: str, before: datetime) -> int:
+        """How many of ``claw``'s messages were created before ``before``."""
+        with locked(self.db):
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM messages WHERE claw = ? AND created_at < ?",
+                [claw, to_iso(before)],
+            ).fetchone()
+        return int(row[0])
+
+    def delete_before(self, claw: str, before: datetime) -> int:
+        """Delete ``claw``'s messages created before ``before`` (both
+        directions, delivered or not); returns how many went."""
+        with transaction(self.db):
+            cursor = self.db.execute(
+                "DELETE FROM messages WHERE claw = ? AND created_at < ?", [claw, to_iso(before)]
+            )
+            return int(cursor.rowcount)
 
     def list(
         self, claw: str, limit: int = DEFAULT_LIMIT, since_id: int | None = None

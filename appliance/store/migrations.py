@@ -233,6 +233,20 @@ def m008_approvals(db: Database) -> None:
     )
 
 
+def m009_quota_indexes(db: Database) -> None:
+    # The quotas (appliance/core/quotas.py) count a claw's messages since
+    # 00:00 UTC and its approval requests of the last hour before every
+    # insert; these keep that a range scan over the claw's recent rows, not
+    # over its whole history. The first also serves `claw messages --purge-before`.
+    _script(
+        db,
+        """
+        CREATE INDEX messages_claw_created ON messages (claw, created_at);
+        CREATE INDEX approvals_claw_created ON approvals (claw, created_at);
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     (1, "claws", m001_claws),
     (2, "keys", m002_keys),
@@ -242,4 +256,5 @@ MIGRATIONS: list[Migration] = [
     (6, "schedules_and_messages", m006_schedules_and_messages),
     (7, "skills", m007_skills),
     (8, "approvals", m008_approvals),
+    (9, "quota_indexes", m009_quota_indexes),
 ]

@@ -14,12 +14,13 @@ from typing import Any
 from sqlite_utils import Database
 
 from appliance.core.errors import Conflict, NotFound
+from appliance.core.quotas import MAX_CLAW_JOBS
 from appliance.core.schedule import CreatedBy, Job, JobKind, first_run
 from appliance.store.tx import from_iso, locked, to_iso, transaction
 
-# A runaway claw must not be able to fill the table (every job is a model
-# call waiting to happen); the operator has no such limit.
-MAX_CLAW_JOBS = 32
+# A runaway claw must not be able to fill the table (MAX_CLAW_JOBS, with the
+# other quotas in appliance/core/quotas.py); the operator has no such limit.
+__all__ = ["MAX_CLAW_JOBS", "ScheduleRepository"]
 
 
 def _from_iso(text: str | None) -> datetime | None:
@@ -215,14 +216,19 @@ class ScheduleRepository:
         with transaction(self.db):
             return int(self.db.execute("DELETE FROM schedules WHERE claw = ?", [claw]).rowcount)
 
-    def _check_claw_quota(self, claw: str) -> None:
-        rows = list(
-            self.db.query(
-                "SELECT count(*) AS n FROM schedules WHERE claw = ? AND created_by = 'claw'",
-                [claw],
+    def claw_made(self, claw: str) -> int:
+        """How many of ``claw``'s jobs it made itself (they count against its quota)."""
+        with locked(self.db):
+            rows = list(
+                self.db.query(
+                    "SELECT count(*) AS n FROM schedules WHERE claw = ? AND created_by = 'claw'",
+                    [claw],
+                )
             )
-        )
-        if int(rows[0]["n"]) >= MAX_CLAW_JOBS:
+        return int(rows[0]["n"])
+
+    def _check_claw_quota(self, claw: str) -> None:
+        if self.claw_made(claw) >= MAX_CLAW_JOBS:
             raise Conflict(
                 f"claw {claw!r} already has {MAX_CLAW_JOBS} jobs of its own",
                 "remove some of them before adding more",

@@ -16,6 +16,7 @@ and ``.openclaw/workspace-state.json``. Both import the same way.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -57,6 +58,10 @@ class ImportPlan:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     skills: list[str] = field(default_factory=list)
     bootstrap_pending: bool = False
+    # The workspace folder as inspected (its real path and (device, inode)):
+    # staging reads from exactly this folder or refuses.
+    real_root: str = ""
+    root_id: tuple[int, int] | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -181,42 +186,132 @@ def inspect_workspace(path: Path, limits: ImportLimits | None = None) -> ImportP
     planned = {f.path for f in walker.files}
     layout = "new" if any(m in planned for m in NEW_LAYOUT_MARKERS) else "old"
     pending = "BOOTSTRAP.md" in planned and not _onboarded(path)
-    return ImportPlan(path, layout, walker.files, walker.skipped, skills, pending)
+    info = os.stat(walker.real_root)
+    return ImportPlan(
+        path,
+        layout,
+        walker.files,
+        walker.skipped,
+        skills,
+        pending,
+        real_root=walker.real_root,
+        root_id=(info.st_dev, info.st_ino),
+    )
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_AGAIN = "stop whatever is changing the workspace and run the import again"
+
+
+class _Unsafe(Exception):
+    """A part of a planned path that cannot be opened without following a link."""
+
+    def __init__(self, at: str, why: str) -> None:
+        super().__init__(f"{at} {why}")
+        self.at = at
+        self.why = why
+
+
+def _open_nofollow(start_fd: int, comps: list[str], *, file: bool) -> int:
+    """A new descriptor for ``comps`` below ``start_fd``, opened one component
+    at a time from the previous one's descriptor, never following a link:
+    every part but a final ``file`` must be a real folder. Raises ``_Unsafe``
+    naming the part that failed."""
+    fd = os.dup(start_fd)
+    try:
+        for depth, comp in enumerate(comps):
+            at = "/".join(comps[: depth + 1])
+            if comp in ("", ".", ".."):
+                raise _Unsafe(at, "is not a plain name")
+            last = file and depth == len(comps) - 1
+            try:
+                nfd = os.open(comp, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    why = "is a link"
+                elif exc.errno == errno.ENOTDIR:
+                    why = "is a link or no longer a folder"
+                else:
+                    why = f"cannot be opened ({exc.strerror})"
+                raise _Unsafe(at, why) from exc
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_root(plan: ImportPlan) -> int:
+    """The workspace folder inspection saw, walked from ``/`` without links
+    (its real path had none then) and still the same folder (device, inode)."""
+    real = plan.real_root or os.path.realpath(plan.source)
+    top = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = _open_nofollow(top, [c for c in real.split("/") if c], file=False)
+    except _Unsafe as exc:
+        raise ImportRefused(
+            printable(f"{plan.source} cannot be opened safely any more: /{exc}"), _AGAIN
+        ) from exc
+    finally:
+        os.close(top)
+    info = os.fstat(fd)
+    if plan.root_id is not None and (info.st_dev, info.st_ino) != plan.root_id:
+        os.close(fd)
+        raise ImportRefused(
+            printable(f"{plan.source} was replaced by another folder after it was inspected"),
+            _AGAIN,
+        )
+    return fd
+
+
+def _read_planned(root_fd: int, item: ImportFile) -> bytes:
+    """The planned file's bytes, reached from the workspace's descriptor
+    without following a link (a folder swapped for a link after inspection
+    is refused, not followed), and still a regular file of the planned size
+    with no other name."""
+    try:
+        fd = _open_nofollow(root_fd, item.source.split("/"), file=True)
+    except _Unsafe as exc:
+        raise ImportRefused(
+            printable(f"{item.source} cannot be read safely any more: {exc}"), _AGAIN
+        ) from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size != item.size or info.st_nlink > 1:
+        os.close(fd)
+        raise ImportRefused(
+            printable(f"{item.source} changed while it was being imported"),
+            "stop whatever is writing to the workspace and retry",
+        )
+    with os.fdopen(fd, "rb") as src:
+        return src.read(item.size + 1)[: item.size]
 
 
 def stage_import(plan: ImportPlan, dest: Path) -> None:
     """Copy the planned files under ``dest`` (new or empty), re-checking each one.
 
-    The tree may change between inspection and copy, so every source is opened
-    without following links and must still be the regular file of the planned
-    size.
+    The tree may change between inspection and copy (an agent may still be
+    running in it), so nothing is opened by path: the workspace folder is
+    opened once and must be the one inspected, and every file is reached from
+    it folder by folder with ``O_NOFOLLOW`` — a link anywhere on the way, or a
+    file that is no longer the regular, single-named file of the planned
+    size, refuses the import. Nothing outside the workspace is ever read.
     """
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise InvalidInput(f"{dest} is not empty", "stage an import into a new folder")
-    root = os.path.realpath(plan.source)
-    for item in plan.files:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(os.path.join(root, item.source), flags)
-        except OSError as exc:
-            raise ImportRefused(
-                printable(f"{item.source} cannot be read safely any more ({exc.strerror})"),
-                "stop whatever is changing the workspace and run the import again",
-            ) from exc
-        with os.fdopen(fd, "rb") as src:
-            info = os.fstat(src.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_size != item.size:
-                raise ImportRefused(
-                    printable(f"{item.source} changed while it was being imported"),
-                    "stop whatever is writing to the workspace and retry",
-                )
-            data = src.read(item.size + 1)
-        target = dest.joinpath(*item.path.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        out_flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(target, out_flags, 0o644), "wb") as out:
-            out.write(data[: item.size])
+    root_fd = _open_root(plan)
+    try:
+        for item in plan.files:
+            data = _read_planned(root_fd, item)
+            target = dest.joinpath(*item.path.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            out_flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(target, out_flags, 0o644), "wb") as out:
+                out.write(data)
+    finally:
+        os.close(root_fd)
 
 
 def import_lines(name: str, path: Path) -> Iterator[str]:

@@ -146,3 +146,68 @@ def test_stage_refuses_a_file_swapped_for_a_link(tmp_path: Path) -> None:
         stage_import(plan, tmp_path / "dest")
     with pytest.raises(InvalidInput, match="not empty"):
         stage_import(plan, tmp_path / "dest")
+
+
+def _outside_twin(tmp_path: Path, root: Path, folder: str) -> Path:
+    """A folder outside the workspace whose files have the names and sizes of
+    ``root/folder``'s but secret content: only the walk can tell them apart."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for planned in (root / folder).iterdir():
+        canary = "CANARY".ljust(planned.stat().st_size, "!")
+        (outside / planned.name).write_text(canary)
+    return outside
+
+
+def test_stage_refuses_a_folder_swapped_for_a_link_after_inspection(tmp_path: Path) -> None:
+    root = tmp_path / "w"
+    shutil.copytree(OLD, root)
+    plan = inspect_workspace(root)
+    assert "memory/2024-11-03.md" in [f.source for f in plan.files]
+    outside = _outside_twin(tmp_path, root, "memory")
+    shutil.rmtree(root / "memory")
+    (root / "memory").symlink_to(outside)  # swapped in between inspection and staging
+    dest = tmp_path / "dest"
+    with pytest.raises(ImportRefused, match="memory is a link or no longer a folder") as err:
+        stage_import(plan, dest)
+    assert "cannot be read safely any more" in str(err.value) and err.value.fix
+    staged = [p.read_text() for p in dest.rglob("*") if p.is_file()]
+    assert staged and not any("CANARY" in text for text in staged)
+    assert not (dest / "memory").exists()
+
+
+def test_stage_refuses_a_link_deeper_in_the_path_and_a_replaced_workspace(tmp_path: Path) -> None:
+    root = tmp_path / "w"
+    shutil.copytree(OLD, root)
+    plan = inspect_workspace(root)
+    skill = root / "skills" / "grocery-list"
+    outside = _outside_twin(tmp_path, root, "skills/grocery-list")
+    shutil.rmtree(skill)
+    skill.symlink_to(outside)
+    with pytest.raises(ImportRefused, match="skills/grocery-list is a link or no longer a folder"):
+        stage_import(plan, tmp_path / "dest1")
+    assert not any("CANARY" in p.read_text() for p in (tmp_path / "dest1").rglob("*.md"))
+    # The workspace folder itself moved away and a look-alike put in its place.
+    skill.unlink()
+    shutil.copytree(OLD / "skills" / "grocery-list", skill)
+    root.rename(tmp_path / "w-moved")
+    shutil.copytree(tmp_path / "w-moved", root)
+    with pytest.raises(ImportRefused, match="was replaced by another folder"):
+        stage_import(plan, tmp_path / "dest2")
+    assert list((tmp_path / "dest2").iterdir()) == []
+
+
+def test_stage_refuses_a_file_turned_into_a_folder_or_a_hard_link(tmp_path: Path) -> None:
+    root = tmp_path / "w"
+    shutil.copytree(OLD, root)
+    plan = inspect_workspace(root)
+    (root / "TOOLS.md").unlink()
+    (root / "TOOLS.md").mkdir()
+    with pytest.raises(ImportRefused, match="TOOLS.md changed while it was being imported"):
+        stage_import(plan, tmp_path / "dest1")
+    (root / "TOOLS.md").rmdir()
+    size = (OLD / "TOOLS.md").stat().st_size
+    (tmp_path / "elsewhere").write_text("S" * size)
+    (root / "TOOLS.md").hardlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ImportRefused, match="TOOLS.md changed while it was being imported"):
+        stage_import(plan, tmp_path / "dest2")
