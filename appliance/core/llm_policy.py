@@ -5,6 +5,13 @@ call and gets back either nothing (go ahead) or a ``Denial`` it turns into an
 OpenAI-shaped error, so the claw's own ``openai`` client raises the usual
 exception (``PermissionDeniedError``, ``RateLimitError``) with our message.
 
+Budgets are enforced by *reservation*: before a call is forwarded, its worst
+case (``worst_case``: a bound on the prompt plus the completion cap) is
+reserved in the store, in the same transaction that reads what the claw has
+used and reserved so far and asks ``check_admission``; afterwards the
+reservation is replaced by the real usage. So concurrent calls see each
+other, and a budget is overshot by at most one call.
+
 Periods are UTC calendar days and months: "daily budget" means "since 00:00
 UTC today", which is what an operator can check against a provider invoice.
 """
@@ -22,20 +29,37 @@ from typing import Literal
 Period = Literal["day", "month"]
 
 
+DEFAULT_MAX_TOKENS = 4096
+DEFAULT_CONCURRENT_REQUESTS = 2
+
+
 @dataclass(frozen=True)
 class ClawPolicy:
-    """Limits for one claw. ``None`` means "no limit" for that dimension.
+    """Limits for one claw. ``None`` budgets mean "no limit" for that dimension.
 
     ``models`` holds exact names or shell-style patterns (``gpt-4o*``); an
     empty tuple allows nothing, ``("*",)`` allows whatever the upstream has.
+    ``None`` (the default) means "the provider's ``default_model``", which
+    ``LlmConfig.policy_for`` resolves — to nothing when none is configured.
+
+    ``max_tokens`` caps every call's completion (``max_tokens`` and
+    ``max_completion_tokens`` are lowered to it, and set to it when the claw
+    sends neither); ``concurrent_requests`` is how many calls may be in
+    flight at once. Neither can be unlimited.
     """
 
-    models: tuple[str, ...] = ("*",)
+    models: tuple[str, ...] | None = None
     daily_tokens: int | None = None
     monthly_tokens: int | None = None
     daily_cost_usd: float | None = None
     monthly_cost_usd: float | None = None
     requests_per_minute: int | None = 60
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    concurrent_requests: int = DEFAULT_CONCURRENT_REQUESTS
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        return self.models or ()
 
 
 @dataclass(frozen=True)
@@ -69,30 +93,48 @@ class Denial:
     type: str
     message: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    param: str | None = None  # the request field at fault, as OpenAI names it
 
 
 def model_allowed(policy: ClawPolicy, model: str) -> bool:
-    return any(fnmatch.fnmatchcase(model, pattern) for pattern in policy.models)
+    return any(fnmatch.fnmatchcase(model, pattern) for pattern in policy.allowed)
 
 
 def exact_models(policy: ClawPolicy) -> list[str]:
     """The allowlist entries that name one model (no pattern characters)."""
-    return [m for m in policy.models if not any(ch in m for ch in "*?[")]
+    return [m for m in policy.allowed if not any(ch in m for ch in "*?[")]
 
 
 def has_patterns(policy: ClawPolicy) -> bool:
-    return len(exact_models(policy)) != len(policy.models)
+    return len(exact_models(policy)) != len(policy.allowed)
 
 
-def check_model(claw: str, policy: ClawPolicy, model: str) -> Denial | None:
+def check_model(
+    claw: str, policy: ClawPolicy, model: str, provider: str | None = None
+) -> Denial | None:
+    """Refuse a model outside the allowlist; with an empty allowlist, say
+    which ``llm.toml`` setting the operator has to add (``provider`` names
+    the ``[providers.*]`` table, if the upstream came from the file)."""
     if model_allowed(policy, model):
         return None
-    allowed = ", ".join(policy.models) if policy.models else "none"
+    if not policy.allowed:
+        where = f'default_model = "<model>" under [providers.{provider}], or ' if provider else ""
+        return Denial(
+            403,
+            "model_not_allowed",
+            "invalid_request_error",
+            f"claw {claw!r} may not use any model: the host configures none. The operator "
+            f'must add {where}models = ["<model>"] under [policy] or [claws.{claw}] '
+            "in llm.toml",
+            param="model",
+        )
+    allowed = ", ".join(policy.allowed)
     return Denial(
         403,
         "model_not_allowed",
         "invalid_request_error",
         f"claw {claw!r} may not use model {model!r}; allowed models: {allowed}",
+        param="model",
     )
 
 
@@ -115,26 +157,36 @@ def _resets(now: datetime, period: Period) -> str:
     return f"resets on {next_period_start(now, 'month'):%Y-%m-%d} at 00:00 UTC"
 
 
+def _limits(
+    policy: ClawPolicy, day: Totals, month: Totals, pending: Totals
+) -> list[tuple[Period, str, float | None, float, float]]:
+    """(period, unit, limit, used, reserved) for each budget dimension."""
+    return [
+        ("day", "tokens", policy.daily_tokens, day.tokens, pending.tokens),
+        ("day", "USD", policy.daily_cost_usd, day.cost_usd, pending.cost_usd),
+        ("month", "tokens", policy.monthly_tokens, month.tokens, pending.tokens),
+        ("month", "USD", policy.monthly_cost_usd, month.cost_usd, pending.cost_usd),
+    ]
+
+
+def _amount(unit: str, limit: float) -> str:
+    return f"{limit:g} tokens" if unit == "tokens" else f"${limit:.2f}"
+
+
 def check_budget(
     claw: str, policy: ClawPolicy, day: Totals, month: Totals, now: datetime
 ) -> Denial | None:
-    """Refuse once a period's usage has reached its budget.
+    """Refuse once a period's recorded usage has reached its budget.
 
-    The check is made before a call, so the call that crosses the line is
-    allowed to finish: a budget can be overshot by at most one call per
-    concurrent request, never by a stream of calls.
+    This alone lets the call that crosses the line finish; it is the calls
+    *in flight* (see ``check_admission``) that keep concurrent calls from
+    crossing it together.
     """
-    checks: list[tuple[Period, Totals, str, float | None, float]] = [
-        ("day", day, "tokens", policy.daily_tokens, day.tokens),
-        ("day", day, "USD", policy.daily_cost_usd, day.cost_usd),
-        ("month", month, "tokens", policy.monthly_tokens, month.tokens),
-        ("month", month, "USD", policy.monthly_cost_usd, month.cost_usd),
-    ]
-    for period, _totals, unit, limit, used in checks:
+    for period, unit, limit, used, _reserved in _limits(policy, day, month, Totals()):
         if limit is None or used < limit:
             continue
         word = "daily" if period == "day" else "monthly"
-        amount = f"{limit:g} tokens" if unit == "tokens" else f"${limit:.2f}"
+        amount = _amount(unit, limit)
         return Denial(
             429,
             "insufficient_quota",
@@ -144,6 +196,73 @@ def check_budget(
             {"x-should-retry": "false"},
         )
     return None
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """What the store knows about a claw when a call asks to go ahead:
+    recorded usage today and this month, and the worst cases reserved by its
+    calls still in flight (``pending.requests`` is how many there are)."""
+
+    day: Totals
+    month: Totals
+    pending: Totals
+
+
+# A call waiting for another to finish is worth retrying soon; the openai
+# client honours Retry-After by itself.
+RETRY_AFTER_S = 1
+
+
+def check_admission(claw: str, policy: ClawPolicy, ledger: Ledger, now: datetime) -> Denial | None:
+    """May one more call go ahead, given what is used and reserved?
+
+    * a budget already used up: 429 ``insufficient_quota`` (wait for the period);
+    * ``concurrent_requests`` calls already in flight: 429, retry shortly;
+    * a budget not used up, but reserved by the calls in flight: 429, retry
+      shortly (the calls may finish using less than they reserved).
+
+    A call is admitted while used + reserved is below every budget, and then
+    reserves its own worst case. Whatever order calls finish in, the total
+    recorded can exceed a budget by at most the last admitted call's usage,
+    which its reservation bounds.
+    """
+    denial = check_budget(claw, policy, ledger.day, ledger.month, now)
+    if denial is not None:
+        return denial
+    if ledger.pending.requests >= policy.concurrent_requests:
+        return Denial(
+            429,
+            "too_many_concurrent_requests",
+            "requests",
+            f"claw {claw!r} already has {ledger.pending.requests} model calls in flight "
+            f"(at most {policy.concurrent_requests}); retry when one finishes",
+            {"retry-after": str(RETRY_AFTER_S)},
+        )
+    for period, unit, limit, used, reserved in _limits(
+        policy, ledger.day, ledger.month, ledger.pending
+    ):
+        if limit is None or used + reserved < limit:
+            continue
+        word = "daily" if period == "day" else "monthly"
+        return Denial(
+            429,
+            "budget_reserved",
+            "requests",
+            f"claw {claw!r} has calls in flight that may use the rest of its {word} budget "
+            f"of {_amount(unit, limit)}; retry when they finish",
+            {"retry-after": str(RETRY_AFTER_S)},
+        )
+    return None
+
+
+def worst_case(
+    prices: Mapping[str, Price], model: str, prompt_bound: int, completion_cap: int
+) -> tuple[int, float]:
+    """The tokens and cost one call can use at most: what is reserved for it.
+    An unpriced model reserves no cost (as it records none)."""
+    cost, _note = cost_usd(prices, model, prompt_bound, completion_cap)
+    return prompt_bound + completion_cap, cost
 
 
 def cost_usd(

@@ -10,6 +10,10 @@ Two sources, the file winning when it names a provider:
 
 The real key lives only in the ``Upstream`` object; its repr never shows it,
 and a file holding a key must be private to its owner (0600) or it is refused.
+
+Closed by default: a claw whose policy names no ``models`` may use only the
+provider's ``default_model`` (one name or a list); with neither configured
+it may use no model at all, and the gateway's refusal names the setting.
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ import os
 import threading
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from appliance.core.errors import InvalidInput
 from appliance.core.llm_policy import ClawPolicy, Price
+from appliance.core.llm_request import model_name_problem
 
 CONFIG_NAME = "llm.toml"
+ENV_PROVIDER = "environment"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -49,10 +55,15 @@ class Upstream:
     base_url: str
     api_key: str = field(default="", repr=False)
     timeout_s: float = 120.0
+    # What a claw whose policy names no models may use (``default_model``).
+    default_models: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "unset"
-        return f"Upstream(name={self.name!r}, base_url={safe_url(self.base_url)!r}, api_key={key})"
+        return (
+            f"Upstream(name={self.name!r}, base_url={safe_url(self.base_url)!r}, api_key={key}, "
+            f"default_models={self.default_models!r})"
+        )
 
     __str__ = __repr__
 
@@ -66,7 +77,20 @@ class LlmConfig:
     source: str = "defaults"
 
     def policy_for(self, claw: str) -> ClawPolicy:
-        return self.claw_policies.get(claw, self.default_policy)
+        """The claw's policy, with an unset allowlist resolved to the
+        provider's default model(s) — nothing if there is none."""
+        policy = self.claw_policies.get(claw, self.default_policy)
+        if policy.models is None:
+            defaults = self.upstream.default_models if self.upstream is not None else ()
+            policy = replace(policy, models=defaults)
+        return policy
+
+    @property
+    def provider_table(self) -> str | None:
+        """The ``[providers.*]`` name an operator can edit, if the upstream came from the file."""
+        if self.upstream is None or self.upstream.name == ENV_PROVIDER:
+            return None
+        return self.upstream.name
 
 
 def load_llm_config(home: Path, env: Mapping[str, str] | None = None) -> LlmConfig:
@@ -167,7 +191,7 @@ def _upstream_from_file(
     where = f"{path}: [providers.{name}]"
     if not isinstance(spec, dict) or not isinstance(spec.get("base_url"), str):
         raise LlmConfigError(f'{where} needs base_url = "http..."', "see docs/llm.md")
-    unknown = set(spec) - {"base_url", "api_key", "api_key_env", "timeout_s"}
+    unknown = set(spec) - {"base_url", "api_key", "api_key_env", "timeout_s", "default_model"}
     if unknown:
         raise LlmConfigError(f"{where} has unknown keys {sorted(unknown)}", "see docs/llm.md")
     key = spec.get("api_key") or ""
@@ -180,8 +204,27 @@ def _upstream_from_file(
                 f"export {var} for the clawden controller, or set api_key in a 0600 llm.toml",
             )
     return Upstream(
-        name, _check_url(where, spec["base_url"]), str(key), float(spec.get("timeout_s", 120))
+        name,
+        _check_url(where, spec["base_url"]),
+        str(key),
+        float(spec.get("timeout_s", 120)),
+        _default_models(where, spec.get("default_model", [])),
     )
+
+
+def _default_models(where: str, value: Any) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise LlmConfigError(
+            f"{where} default_model must be a model name or a list of names", "see docs/llm.md"
+        )
+    for n in names:
+        problem = model_name_problem(n)
+        if problem is not None:
+            raise LlmConfigError(
+                f"{where} default_model: {problem}", "give exact model names (no patterns)"
+            )
+    return tuple(names)
 
 
 def _upstream_from_env(env: Mapping[str, str]) -> Upstream | None:
@@ -189,7 +232,7 @@ def _upstream_from_env(env: Mapping[str, str]) -> Upstream | None:
     key = env.get("OPENAI_API_KEY", "")
     if not base and not key:
         return None
-    return Upstream("environment", _check_url("OPENAI_BASE_URL", base or DEFAULT_BASE_URL), key)
+    return Upstream(ENV_PROVIDER, _check_url("OPENAI_BASE_URL", base or DEFAULT_BASE_URL), key)
 
 
 def _check_url(where: str, url: str) -> str:
@@ -209,6 +252,10 @@ def _price(path: Path, model: str, spec: Any) -> Price:
             f'{path}: [prices."{model}"] needs prompt_per_million and completion_per_million',
             "give both as USD per million tokens",
         ) from None
+
+
+# A cap of 0 would refuse every call in a confusing way; there is no "unlimited".
+_AT_LEAST_ONE = {"max_tokens", "concurrent_requests"}
 
 
 def _policy(path: Path, where: str, spec: Any, base: ClawPolicy) -> ClawPolicy:
@@ -232,6 +279,8 @@ def _policy(path: Path, where: str, spec: Any, base: ClawPolicy) -> ClawPolicy:
             values[key] = tuple(value)
         elif not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise LlmConfigError(f"{path}: [{where}] {key} must be a number ≥ 0", "see docs/llm.md")
+        elif key in _AT_LEAST_ONE and value < 1:
+            raise LlmConfigError(f"{path}: [{where}] {key} must be ≥ 1", "see docs/llm.md")
         else:
             values[key] = value if "cost" in key else int(value)
     return ClawPolicy(**values)

@@ -45,6 +45,7 @@ class Step:
     usage: Mapping[str, int] | None = None
     error: Mapping[str, Any] | None = None  # {"status": 500, "message": ..., ...}
     repeat: bool = False  # answer every following request too (demos, benchmarks)
+    delay_s: float = 0.0  # wait this long before answering (a slow model, overlapping calls)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,12 @@ def _step(number: int, raw: Any) -> Step:
             f"scenario step {number} has no reply content, tool_calls or error",
             "give the step a reply or an error",
         )
+    delay = raw.get("delay_s", 0)
+    if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay <= 60:
+        raise ScenarioError(
+            f"scenario step {number}: delay_s must be a number of seconds from 0 to 60",
+            "see docs/llm.md",
+        )
     return Step(
         name=str(raw.get("name") or f"step {number}"),
         match=match,
@@ -105,6 +112,7 @@ def _step(number: int, raw: Any) -> Step:
         usage=reply.get("usage"),
         error=raw.get("error"),
         repeat=bool(raw.get("repeat", False)),
+        delay_s=float(delay),
     )
 
 
@@ -192,6 +200,8 @@ class _Script:
             if not step.repeat:
                 self.position += 1
             call_id = next(self.ids)
+        if step.delay_s:
+            time.sleep(step.delay_s)  # outside the lock: delayed calls overlap
         if step.error is not None:
             e = step.error
             text, code = str(e.get("message", "injected error")), e.get("code")

@@ -2,16 +2,24 @@
 
 It is an OpenAI-compatible endpoint (``POST /v1/chat/completions`` with tools
 and streaming, ``GET /v1/models``) in front of whatever OpenAI-compatible
-upstream the host is configured with. For each call it:
+upstream the host is configured with. The claw is assumed compromised, so
+for each call it:
 
 1. takes the claw's identity from the SSH channel (never from the request);
-2. applies the claw's policy: model allowlist, rate limit, daily and monthly
-   token and cost budgets — refusals are OpenAI-shaped errors, so the claw's
-   ``openai`` client raises its usual exceptions with our message;
-3. forwards the body with the *real* key (whatever Authorization the guest
-   sent is dropped; the guest never holds a key), streaming SSE through event
-   by event and asking the upstream for usage even on streams;
-4. records tokens and cost in the store.
+2. checks the model name (bounded, small alphabet) before anything looks it
+   up, stores or logs it, then rebuilds the body from an allowlist of checked
+   fields with the completion capped (``core/llm_request.py``);
+3. applies the claw's policy: model allowlist (closed by default), rate
+   limit, and — in one store transaction — its budgets and how many calls it
+   has in flight, *reserving* the call's worst case (``store/usage.py``);
+   refusals are OpenAI-shaped errors, so the claw's ``openai`` client raises
+   its usual exceptions with our message;
+4. forwards the rebuilt body with the *real* key (whatever Authorization the
+   guest sent is dropped; the guest never holds a key), streaming SSE through
+   event by event and asking the upstream for usage even on streams; a call
+   lasting longer than ``max_call_s`` is cut off;
+5. replaces the reservation with the tokens and cost actually used (an
+   estimate, noted as such, when the upstream reports none).
 
 Upstream failures become 502s that name neither the key nor the upstream's
 URL credentials.
@@ -21,11 +29,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Generator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -33,13 +42,22 @@ from appliance.channel.forwarding import ClawIdentity
 from appliance.core.errors import ClawdenError
 from appliance.core.llm_policy import (
     Denial,
+    Ledger,
     RateLimiter,
-    check_budget,
+    check_admission,
     check_model,
     cost_usd,
     exact_models,
     has_patterns,
     model_allowed,
+    worst_case,
+)
+from appliance.core.llm_request import (
+    ChatRequest,
+    estimate_tokens,
+    model_name_problem,
+    parse_chat_request,
+    preview,
 )
 from appliance.llm.config import ConfigLoader, LlmConfig, Upstream, safe_url
 from appliance.services.http import HttpLimits, HttpRequest, HttpResponse, HttpService
@@ -56,12 +74,26 @@ MAX_REQUEST_BODY = 4 * 1024 * 1024
 # Upstream statuses whose body helps the claw fix its own request; anything
 # else (401/403: the host's key; 5xx: the provider) is the host's problem.
 _PASS_THROUGH = {400, 404, 413, 422, 429}
+# The longest a call may last, streamed or not; a stream still running then
+# is cut off with an error event.
+MAX_CALL_S = 600.0
+# On top of max_call_s and the upstream's read timeout before a reservation
+# expires: a claw that stops reading holds a write for up to the HTTP layer's
+# socket timeout (300 s) before the deadline is noticed.
+RESERVATION_GRACE_S = 360.0
+ESTIMATED_NOTE = "upstream sent no usage; tokens estimated"
 
 
 def error_response(
-    status: int, message: str, type_: str, code: str | None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    headers: dict[str, str] | None = None,
+    *,
+    param: str | None = None,
 ) -> HttpResponse:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return HttpResponse(
         status, json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})}
     )
@@ -69,8 +101,41 @@ def error_response(
 
 def _denied(denial: Denial) -> HttpResponse:
     return error_response(
-        denial.status, denial.message, denial.type, denial.code, dict(denial.headers)
+        denial.status,
+        denial.message,
+        denial.type,
+        denial.code,
+        dict(denial.headers),
+        param=denial.param,
     )
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+class _Settle(Protocol):
+    def __call__(
+        self,
+        status: str,
+        usage: Any = None,
+        note: str | None = None,
+        *,
+        completion_chars: int = 0,
+        answered: bool = False,
+    ) -> None: ...
+
+
+class _TooLong(Exception):
+    """The call ran past its deadline."""
 
 
 def _utc_now() -> datetime:
@@ -85,11 +150,20 @@ class LlmGateway:
         *,
         clock: Callable[[], datetime] = _utc_now,
         transport: httpx.BaseTransport | None = None,
+        max_call_s: float = MAX_CALL_S,
+        pid_alive: Callable[[int], bool] = _pid_alive,
     ) -> None:
         self.usage = usage
         self._config = config
         self._clock = clock
+        self._max_call_s = max_call_s
         self._limiter = RateLimiter()
+        self._pid = os.getpid()
+        # Calls a dead controller left in flight hold budget and concurrency
+        # until they expire; its process being gone is proof enough to let go.
+        dropped = usage.release_orphans(lambda pid: pid == self._pid or pid_alive(pid))
+        if dropped:
+            log.info("LLM gateway: released %d reservations of a process that is gone", dropped)
         # One pooled client for every claw: reusing upstream connections is
         # most of what keeps the gateway's overhead small. trust_env=False so
         # the gateway talks to exactly the configured base_url (no proxy or
@@ -116,18 +190,21 @@ class LlmGateway:
     def chat_completions(self, claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
         try:
             body = json.loads(request.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
-        if not (
-            isinstance(body, dict)
-            and isinstance(body.get("model"), str)
-            and isinstance(body.get("messages"), list)
-        ):
+        if not (isinstance(body, dict) and "model" in body and "messages" in body):
             return error_response(
                 400,
                 "the body must be a JSON object with model and messages",
                 "invalid_request_error",
                 None,
+            )
+        # The name is the claw's text: check it before anything else sees it.
+        problem = model_name_problem(body["model"])
+        if problem is not None:
+            log.info("claw %s: refused model name %s", claw.name, preview(body["model"]))
+            return error_response(
+                400, problem, "invalid_request_error", "invalid_model_name", param="model"
             )
         config = self._load_config()
         if isinstance(config, HttpResponse):
@@ -135,17 +212,43 @@ class LlmGateway:
         upstream = config.upstream
         assert upstream is not None  # _load_config answers 503 otherwise
         policy = config.policy_for(claw.name)
-        model = str(body["model"])
+        parsed = parse_chat_request(body, policy.max_tokens)
+        if isinstance(parsed, Denial):
+            log.info("claw %s: refused request (%s, %s)", claw.name, parsed.code, parsed.param)
+            return _denied(parsed)
+        if parsed.dropped:
+            shown = ", ".join(preview(k, 30) for k in parsed.dropped[:8])
+            log.debug(
+                "claw %s: dropped %d request fields: %s", claw.name, len(parsed.dropped), shown
+            )
+        model = parsed.model
         now = self._clock()
-        denial = (
-            check_model(claw.name, policy, model)
-            or self._limiter.admit(claw.name, policy.requests_per_minute, now.timestamp())
-            or check_budget(claw.name, policy, *self.usage.period_totals(claw.name, now), now)
-        )
+        denial = check_model(
+            claw.name, policy, model, config.provider_table
+        ) or self._limiter.admit(claw.name, policy.requests_per_minute, now.timestamp())
         if denial is not None:
             log.info("claw %s: %s for model %r", claw.name, denial.code, model)
             return _denied(denial)
-        return self._forward(claw, config, upstream, body, model)
+        tokens, cost = worst_case(config.prices, model, parsed.prompt_bound, parsed.completion_cap)
+
+        def admit(ledger: Ledger) -> Denial | None:
+            return check_admission(claw.name, policy, ledger, now)
+
+        ttl = self._max_call_s + upstream.timeout_s + RESERVATION_GRACE_S
+        reserved = self.usage.reserve(
+            claw.name,
+            model,
+            tokens=tokens,
+            cost_usd=cost,
+            owner=self._pid,
+            now=now,
+            expires_at=now + timedelta(seconds=ttl),
+            admit=admit,
+        )
+        if isinstance(reserved, Denial):
+            log.info("claw %s: %s for model %r", claw.name, reserved.code, model)
+            return _denied(reserved)
+        return self._forward(claw, config, upstream, parsed, reserved)
 
     def models(self, claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
         config = self._load_config()
@@ -202,36 +305,66 @@ class LlmGateway:
         claw: ClawIdentity,
         config: LlmConfig,
         upstream: Upstream,
-        body: dict[str, Any],
-        model: str,
+        req: ChatRequest,
+        reservation: int,
     ) -> HttpResponse:
         started = time.monotonic()
-        stream = bool(body.get("stream"))
-        wants_usage = False
-        if stream:
-            options = body.get("stream_options")
-            options = dict(options) if isinstance(options, dict) else {}
-            wants_usage = bool(options.get("include_usage"))
-            body["stream_options"] = {**options, "include_usage": True}
+        deadline = started + self._max_call_s
+        settled = False
+
+        def settle(
+            status: str,
+            usage: Any = None,
+            note: str | None = None,
+            *,
+            completion_chars: int = 0,
+            answered: bool = False,
+        ) -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                self._settle(
+                    claw,
+                    config,
+                    req,
+                    reservation,
+                    status,
+                    usage,
+                    note,
+                    started,
+                    completion_chars,
+                    answered,
+                )
+
+        try:
+            return self._call(claw, upstream, req, settle, deadline)
+        except BaseException:
+            settle("gateway_error")
+            raise
+
+    def _call(
+        self,
+        claw: ClawIdentity,
+        upstream: Upstream,
+        req: ChatRequest,
+        settle: _Settle,
+        deadline: float,
+    ) -> HttpResponse:
         headers = {
             "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
+            "Accept": "text/event-stream" if req.stream else "application/json",
             **self._auth(upstream),
         }
         url = upstream.base_url + "/chat/completions"
-        req = self._http.build_request(
+        http_request = self._http.build_request(
             "POST",
             url,
-            content=json.dumps(body).encode(),
+            content=json.dumps(req.body).encode(),
             headers=headers,
             timeout=upstream.timeout_s,
         )
-
-        def record(status: str, usage: Any = None, note: str | None = None) -> None:
-            self._record(claw, config, model, status, usage, note, started)
-
         try:
-            resp = self._http.send(req, stream=True)
+            resp = self._http.send(http_request, stream=True)
         except httpx.HTTPError as exc:
             # The exception text may quote the URL; only its kind is logged.
             log.warning(
@@ -240,7 +373,7 @@ class LlmGateway:
                 safe_url(url),
                 type(exc).__name__,
             )
-            record("upstream_unreachable")
+            settle("upstream_unreachable")
             return error_response(
                 502,
                 f"the host could not reach the model provider ({type(exc).__name__})",
@@ -248,18 +381,28 @@ class LlmGateway:
                 "upstream_unreachable",
             )
         if resp.status_code != 200:
-            return self._upstream_failed(claw, upstream, resp, record)
-        if stream:
+            return self._upstream_failed(claw, upstream, resp, settle)
+        if req.stream:
             return HttpResponse(
                 200,
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-                stream=self._relay(resp, wants_usage, record),
+                stream=_Relay(resp, req.wants_usage, settle, deadline, self._max_call_s),
             )
         try:
-            raw = resp.read()
-            usage = json.loads(raw).get("usage")
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            record("upstream_error")
+            raw = _read_until(resp, deadline)
+            answer = json.loads(raw)
+            if not isinstance(answer, dict):
+                raise ValueError("not an object")
+        except _TooLong:
+            settle("deadline", answered=True)
+            return error_response(
+                504,
+                f"the model call took longer than {self._max_call_s:g} s",
+                "server_error",
+                "timeout",
+            )
+        except (httpx.HTTPError, ValueError) as exc:
+            settle("upstream_error", answered=True)
             return error_response(
                 502,
                 f"the model provider sent an unreadable answer ({type(exc).__name__})",
@@ -268,7 +411,8 @@ class LlmGateway:
             )
         finally:
             resp.close()
-        record("ok", usage)
+        chars = _output_chars(answer.get("choices"), "message")
+        settle("ok", answer.get("usage"), completion_chars=chars, answered=True)
         return HttpResponse(200, raw, {"Content-Type": "application/json"})
 
     def _upstream_failed(
@@ -276,7 +420,7 @@ class LlmGateway:
         claw: ClawIdentity,
         upstream: Upstream,
         resp: httpx.Response,
-        record: Callable[..., None],
+        settle: _Settle,
     ) -> HttpResponse:
         try:
             text = resp.read().decode("utf-8", "replace")
@@ -286,7 +430,7 @@ class LlmGateway:
             resp.close()
         status = resp.status_code
         log.warning("claw %s: upstream %s answered HTTP %d", claw.name, upstream.name, status)
-        record(f"upstream_{status}")
+        settle(f"upstream_{status}")
         if status in _PASS_THROUGH:
             try:
                 error = json.loads(text)["error"]
@@ -306,86 +450,38 @@ class LlmGateway:
             "upstream_error",
         )
 
-    def _relay(
-        self, resp: httpx.Response, wants_usage: bool, record: Callable[..., None]
-    ) -> Iterator[bytes]:
-        """Pass the upstream's SSE events through as they arrive, noting usage.
-
-        Runs on the connection's thread while the claw reads; if the claw
-        hangs up, the generator is closed and the upstream call is dropped
-        (``finally``), so an abandoned stream stops costing tokens.
-        """
-        usage: Any = None
-        status = "client_gone"
-        recorded = False
-        lines: list[str] = []
-
-        def finish(final: str) -> None:
-            nonlocal recorded
-            if not recorded:
-                recorded = True
-                note = None if usage is not None else "upstream sent no usage for this stream"
-                record(final, usage, note)
-
-        try:
-            for line in resp.iter_lines():
-                if line:
-                    lines.append(line)
-                    continue
-                if not lines:
-                    continue
-                event, lines = lines, []
-                data = "\n".join(x[5:].lstrip() for x in event if x.startswith("data:"))
-                if data and data != "[DONE]":
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        chunk = None
-                    if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-                        usage = chunk["usage"]
-                        # We asked for the usage-only chunk; a claw that did not
-                        # ask should not get a chunk with no choices.
-                        if not wants_usage and not chunk.get("choices"):
-                            continue
-                if data == "[DONE]":
-                    # Record before the claw sees the end: its next call's
-                    # budget check must already count this one.
-                    finish("ok")
-                yield ("\n".join(event) + "\n\n").encode()
-            if lines:
-                yield ("\n".join(lines) + "\n\n").encode()
-            status = "ok"
-        except httpx.HTTPError as exc:
-            status = "upstream_error"
-            error = {
-                "message": f"the model provider's stream failed ({type(exc).__name__})",
-                "type": "server_error",
-                "param": None,
-                "code": "upstream_error",
-            }
-            yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
-        finally:
-            resp.close()
-            finish(status)
-
-    def _record(
+    def _settle(
         self,
         claw: ClawIdentity,
         config: LlmConfig,
-        model: str,
+        req: ChatRequest,
+        reservation: int,
         status: str,
         usage: Any,
         note: str | None,
         started: float,
+        completion_chars: int,
+        answered: bool,
     ) -> None:
-        usage = usage if isinstance(usage, dict) else {}
-        prompt = _int(usage.get("prompt_tokens"))
-        completion = _int(usage.get("completion_tokens"))
+        """Record what the call used in place of its reservation. When the
+        upstream answered but reported no usage (a stream the claw hung up on
+        before the usage chunk, a provider that does not count), the tokens
+        are estimated rather than recorded as free."""
+        model = req.model
+        if isinstance(usage, dict):
+            prompt = _int(usage.get("prompt_tokens"))
+            completion = _int(usage.get("completion_tokens"))
+        elif answered:
+            prompt, completion = req.prompt_guess, estimate_tokens(completion_chars)
+            note = note or ESTIMATED_NOTE
+        else:
+            prompt = completion = 0
         cost, price_note = cost_usd(config.prices, model, prompt, completion)
         if status != "ok":
             price_note = None
         try:
-            self.usage.record(
+            self.usage.settle(
+                reservation,
                 claw.name,
                 model,
                 prompt_tokens=prompt,
@@ -397,8 +493,135 @@ class LlmGateway:
                 ts=self._clock(),
             )
         except Exception:  # noqa: BLE001 — the answer is already on its way
+            # The reservation then expires on its own.
             log.exception("claw %s: could not record LLM usage", claw.name)
         log.info("claw %s: model %r %s, %d+%d tokens", claw.name, model, status, prompt, completion)
+
+
+class _Relay:
+    """The upstream's SSE events passed to the claw as they arrive, noting
+    usage and how much text went by; settles the call exactly once.
+
+    Runs on the connection's thread while the claw reads. The HTTP layer
+    closes it when the body is sent or the claw goes away — also if it never
+    started iterating — and the upstream call is dropped then, so an
+    abandoned stream stops costing tokens.
+    """
+
+    def __init__(
+        self,
+        resp: httpx.Response,
+        wants_usage: bool,
+        settle: _Settle,
+        deadline: float,
+        max_call_s: float,
+    ) -> None:
+        self._resp = resp
+        self._wants_usage = wants_usage
+        self._settle = settle
+        self._deadline = deadline
+        self._max_call_s = max_call_s
+        self._usage: Any = None
+        self._chars = 0
+        self._events = self._run()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._events
+
+    def close(self) -> None:
+        try:
+            self._events.close()
+        finally:
+            self._resp.close()
+            self._finish("client_gone")  # a no-op when the stream settled itself
+
+    def _finish(self, status: str) -> None:
+        self._settle(status, self._usage, completion_chars=self._chars, answered=True)
+
+    def _note(self, data: str) -> bool:
+        """Take usage and text from one event; False if the claw should not see it."""
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError):
+            return True
+        if not isinstance(chunk, dict):
+            return True
+        self._chars += _output_chars(chunk.get("choices"), "delta")
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+            # We asked for the usage-only chunk; a claw that did not ask
+            # should not get a chunk with no choices.
+            if not self._wants_usage and not chunk.get("choices"):
+                return False
+        return True
+
+    def _run(self) -> Generator[bytes, None, None]:
+        status = "client_gone"
+        lines: list[str] = []
+        try:
+            for line in self._resp.iter_lines():
+                if time.monotonic() > self._deadline:
+                    status = "deadline"
+                    yield _error_event(
+                        f"the model call took longer than {self._max_call_s:g} s", "timeout"
+                    )
+                    return
+                if line:
+                    lines.append(line)
+                    continue
+                if not lines:
+                    continue
+                event, lines = lines, []
+                data = "\n".join(x[5:].lstrip() for x in event if x.startswith("data:"))
+                if data and data != "[DONE]" and not self._note(data):
+                    continue
+                if data == "[DONE]":
+                    # Record before the claw sees the end: its next call's
+                    # budget check must already count this one.
+                    self._finish("ok")
+                yield ("\n".join(event) + "\n\n").encode()
+            if lines:
+                yield ("\n".join(lines) + "\n\n").encode()
+            status = "ok"
+        except httpx.HTTPError as exc:
+            status = "upstream_error"
+            yield _error_event(
+                f"the model provider's stream failed ({type(exc).__name__})", "upstream_error"
+            )
+        finally:
+            self._resp.close()
+            self._finish(status)
+
+
+def _error_event(message: str, code: str) -> bytes:
+    error = {"message": message, "type": "server_error", "param": None, "code": code}
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+
+
+def _read_until(resp: httpx.Response, deadline: float) -> bytes:
+    chunks: list[bytes] = []
+    for chunk in resp.iter_bytes():
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise _TooLong
+    return b"".join(chunks)
+
+
+def _output_chars(choices: Any, key: str) -> int:
+    """Characters of text and tool calls in an answer's ``choices`` (``key``
+    is ``message``, or ``delta`` for a stream's chunk)."""
+    total = 0
+    for choice in choices if isinstance(choices, list) else ():
+        part = choice.get(key) if isinstance(choice, dict) else None
+        if not isinstance(part, dict):
+            continue
+        if isinstance(part.get("content"), str):
+            total += len(part["content"])
+        for call in part.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                total += sum(len(v) for v in function.values() if isinstance(v, str))
+    return total
 
 
 def _int(value: Any) -> int:

@@ -247,6 +247,31 @@ def m009_quota_indexes(db: Database) -> None:
     )
 
 
+def m010_llm_reservations(db: Database) -> None:
+    # The worst case of each LLM call in flight, reserved against the claw's
+    # budgets before the call is forwarded and deleted when its real usage is
+    # recorded (store/usage.py). expires_at bounds what a crashed controller
+    # leaves behind; owner is the pid of the process that made it, so a
+    # restarted controller can drop a dead one's rows at once.
+    _script(
+        db,
+        """
+        CREATE TABLE llm_reservations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            claw TEXT NOT NULL,
+            model TEXT NOT NULL,
+            tokens INTEGER NOT NULL CHECK (tokens >= 0),
+            cost_usd REAL NOT NULL CHECK (cost_usd >= 0),
+            owner INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX llm_reservations_claw ON llm_reservations (claw, expires_at);
+        CREATE INDEX llm_reservations_expires ON llm_reservations (expires_at);
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     (1, "claws", m001_claws),
     (2, "keys", m002_keys),
@@ -257,4 +282,5 @@ MIGRATIONS: list[Migration] = [
     (7, "skills", m007_skills),
     (8, "approvals", m008_approvals),
     (9, "quota_indexes", m009_quota_indexes),
+    (10, "llm_reservations", m010_llm_reservations),
 ]

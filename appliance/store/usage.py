@@ -1,8 +1,18 @@
-"""What each claw spent on models: one row per gateway call in ``llm_calls``.
+"""What each claw spent on models: one row per gateway call in ``llm_calls``,
+and the worst case of each call still in flight in ``llm_reservations``.
 
-The gateway writes a row after every forwarded call (streamed or not) and
-reads period totals before the next one, so budgets survive controller
-restarts. ``clawden llm usage`` (``appliance.cli.llm``) reports from it.
+Before forwarding a call the gateway *reserves* (``reserve``): in one write
+transaction it reads what the claw used this day and month and what its
+calls in flight reserved, lets the policy decide, and inserts the new
+reservation. ``BEGIN IMMEDIATE`` serialises that read-decide-write across the
+gateway's threads (and processes), so two calls can never both see the same
+remaining budget. ``settle`` then replaces the reservation by the call's row
+in ``llm_calls``, again in one transaction. Reservations expire: one left by
+a crashed controller stops counting at ``expires_at``, or at once when the
+next gateway finds its owner process gone (``release_orphans``).
+
+Budgets survive controller restarts because they are read from here.
+``clawden llm usage`` (``appliance.cli.llm``) reports from ``llm_calls``.
 """
 
 from __future__ import annotations
@@ -10,13 +20,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlite_utils import Database
 
-from appliance.core.llm_policy import Period, Totals, period_start
+from appliance.core.llm_policy import Ledger, Period, Totals, period_start
 from appliance.store.tx import locked, to_iso, transaction
 
 Clock = Callable[[], datetime]
+R = TypeVar("R")
 
 
 def _utc_now() -> datetime:
@@ -66,6 +78,106 @@ class UsageRepository:
                 ),
             )
 
+    # ---- reservations ------------------------------------------------------------
+    def reserve(
+        self,
+        claw: str,
+        model: str,
+        *,
+        tokens: int,
+        cost_usd: float,
+        owner: int,
+        now: datetime,
+        expires_at: datetime,
+        admit: Callable[[Ledger], R | None],
+    ) -> int | R:
+        """Reserve ``tokens`` and ``cost_usd`` for one call of ``claw`` if
+        ``admit`` (given today's and this month's usage and the unexpired
+        reservations) returns None; return the reservation's id, or what
+        ``admit`` returned instead. Expired reservations are dropped first."""
+        with transaction(self.db):
+            self.db.execute("DELETE FROM llm_reservations WHERE expires_at <= ?", (to_iso(now),))
+            day, month = self.period_totals(claw, now)
+            refusal = admit(Ledger(day, month, self.pending(claw, now)))
+            if refusal is not None:
+                return refusal
+            cursor = self.db.execute(
+                "INSERT INTO llm_reservations (claw, model, tokens, cost_usd, owner, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    claw,
+                    model,
+                    max(0, int(tokens)),
+                    max(0.0, float(cost_usd)),
+                    int(owner),
+                    to_iso(now),
+                    to_iso(expires_at),
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def settle(
+        self,
+        reservation: int,
+        claw: str,
+        model: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost_usd: float = 0.0,
+        status: str = "ok",
+        duration_ms: int = 0,
+        note: str | None = None,
+        ts: datetime | None = None,
+    ) -> None:
+        """Replace a reservation by the call's real usage, atomically: no
+        reader ever sees the call counted twice or not at all."""
+        with transaction(self.db):
+            self.release(reservation)
+            self.record(
+                claw,
+                model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost_usd=cost_usd,
+                status=status,
+                duration_ms=duration_ms,
+                note=note,
+                ts=ts,
+            )
+
+    def release(self, reservation: int) -> None:
+        with transaction(self.db):
+            self.db.execute("DELETE FROM llm_reservations WHERE id = ?", (reservation,))
+
+    def release_orphans(self, alive: Callable[[int], bool]) -> int:
+        """Drop the reservations of owner processes ``alive`` says are gone;
+        how many were dropped."""
+        with transaction(self.db):
+            owners = [
+                int(r[0])
+                for r in self.db.execute("SELECT DISTINCT owner FROM llm_reservations").fetchall()
+            ]
+            gone = [o for o in owners if not alive(o)]
+            dropped = 0
+            for owner in gone:
+                dropped += self.db.execute(
+                    "DELETE FROM llm_reservations WHERE owner = ?", (owner,)
+                ).rowcount
+        return dropped
+
+    def pending(self, claw: str, now: datetime) -> Totals:
+        """The unexpired reservations of ``claw``: requests = calls in flight."""
+        with locked(self.db):
+            row = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_usd), 0.0)"
+                " FROM llm_reservations WHERE claw = ? AND expires_at > ?",
+                (claw, to_iso(now)),
+            ).fetchone()
+        return Totals(int(row[0]), int(row[1]), 0, float(row[2]))
+
+    # ---- reading -------------------------------------------------------------------
     def totals(self, claw: str, since: datetime) -> Totals:
         """Everything ``claw`` used from ``since`` on (inclusive)."""
         with locked(self.db):

@@ -10,6 +10,7 @@ whether it is still good.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -191,15 +192,18 @@ def scripted_llm(
 
     The gateway reads ``llm.toml`` per call, so this takes effect at once; the
     file (which holds the upstream key, hence mode 0600) is removed afterwards
-    so no later test talks to a server that is gone.
+    so no later test talks to a server that is gone. The scenario's models are
+    the provider's ``default_model``: the gateway allows nothing else by default.
     """
     key = key or "sk-clawden-test-" + secrets.token_hex(8)
     config = env.home / "llm.toml"
     with ScriptedModelServer(scenario, api_key=key) as upstream:
+        models = json.dumps(list(upstream.script.scenario.models))  # a valid TOML array
         config.write_text(
             'provider = "scripted"\n'
             "[providers.scripted]\n"
             f'base_url = "{upstream.base_url}"\n'
+            f"default_model = {models}\n"
             f'api_key = "{key}"\n' + policy
         )
         config.chmod(0o600)

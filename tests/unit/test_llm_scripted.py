@@ -184,3 +184,20 @@ def test_bad_scenarios_are_refused_with_a_fix(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as info:
         load_scenario(broken)
     assert info.value.fix
+
+
+def test_a_step_can_be_slow(tmp_path: Path) -> None:
+    scenario = load_scenario([{"delay_s": 0.2, "reply": {"content": "late"}}])
+    assert scenario.steps[0].delay_s == 0.2
+    for bad in (-1, 61, "soon", True):
+        with pytest.raises(ScenarioError, match="delay_s"):
+            load_scenario([{"delay_s": bad, "reply": {"content": "x"}}])
+    with (
+        ScriptedModelServer(scenario) as srv,
+        openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0) as client,
+    ):
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert reply.choices[0].message.content == "late"
+    assert srv.timings[0]["handled_s"] >= 0.2
