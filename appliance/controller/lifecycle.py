@@ -35,6 +35,7 @@ from appliance.schedule.store import ScheduleRepository
 from appliance.store import Operation
 from appliance.store.operations import pid_alive
 from appliance.store.skills import SkillRepository
+from appliance.store.tx import transaction
 
 CREATE_STEPS = ("record", "provision", "disks", "define", "boot")
 DESTROY_STEPS = ("record", "halt", "undefine", "files", "keys", "forget")
@@ -144,8 +145,13 @@ class Lifecycle:
         except BaseException as exc:
             self._on_failure(current, exc, progress)
             raise
-        self.ctx.ops.finish(op.id, "done")
-        self.ctx.audit.append(self.ctx.actor, f"claw.{op.kind}", op.claw, self._summary(current))
+        # One unit: killed in between, the operation would be done with no
+        # audit entry, and nothing would ever write it.
+        with transaction(self.ctx.db):
+            self.ctx.ops.finish(op.id, "done")
+            self.ctx.audit.append(
+                self.ctx.actor, f"claw.{op.kind}", op.claw, self._summary(current)
+            )
 
     def _on_failure(self, op: Operation, exc: BaseException, progress: Progress) -> None:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
