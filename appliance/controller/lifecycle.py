@@ -140,8 +140,13 @@ class Lifecycle:
         except BaseException as exc:
             self._on_failure(current, exc, progress)
             raise
-        self.ctx.ops.finish(op.id, "done")
-        self.ctx.audit.append(self.ctx.actor, f"claw.{op.kind}", op.claw, self._summary(current))
+        # One unit: killed in between, the operation would be done with no
+        # audit entry, and nothing would ever write it.
+        with self.ctx.store.transaction():
+            self.ctx.ops.finish(op.id, "done")
+            self.ctx.audit.append(
+                self.ctx.actor, f"claw.{op.kind}", op.claw, self._summary(current)
+            )
 
     def _on_failure(self, op: Operation, exc: BaseException, progress: Progress) -> None:
         if isinstance(exc, KeyboardInterrupt | SystemExit):

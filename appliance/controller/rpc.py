@@ -31,6 +31,13 @@ def _error_reply(exc: ClawdenError) -> Reply:
     return {"done": True, "error": {"type": type(exc).__name__, "what": exc.what, "fix": exc.fix}}
 
 
+class _Server(socketserver.ThreadingUnixStreamServer):
+    # socketserver's listen backlog is 5. A unix socket whose backlog is full
+    # refuses a connect at once (EAGAIN), which the CLI can only report as
+    # "the controller is not running" — with a few CLIs at once on a busy box.
+    request_queue_size = 128
+
+
 class RpcServer:
     """Threaded unix-socket server dispatching ``{"op": ...}`` requests."""
 
@@ -45,7 +52,7 @@ class RpcServer:
 
         self._refuse_if_running()
         path.unlink(missing_ok=True)
-        self._server = socketserver.ThreadingUnixStreamServer(str(path), _Conn)
+        self._server = _Server(str(path), _Conn)
         self._server.daemon_threads = True
         path.chmod(0o600)  # the CLI runs as the same (root) user; nobody else may drive VMs
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

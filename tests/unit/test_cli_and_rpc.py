@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,6 +114,32 @@ def test_rpc_serves_concurrent_clients(server: Path) -> None:
     for t in threads:
         t.join()
     assert results == [{"exit": 3, "done": True}] * 8
+
+
+def test_clients_queue_while_the_controller_is_busy_accepting(tmp_path: Path) -> None:
+    # The deterministic form of the test above: nobody accepts yet (the serving
+    # thread is not started), as when the controller is slow under load.
+    path = tmp_path / "c.sock"
+    srv = rpc.RpcServer(path, {"ping": lambda r, s: {}})
+    waiting: list[socket.socket] = []
+    try:
+        try:
+            for _ in range(32):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                waiting.append(sock)
+                sock.settimeout(10)
+                sock.connect(str(path))  # EAGAIN here read as "controller not running"
+        finally:
+            srv.start()  # (close() waits for the serving loop: it must be running)
+        for sock in waiting:
+            sock.sendall(b'{"op": "ping"}\n')
+        for sock in waiting:
+            with sock.makefile("rb") as replies:
+                assert json.loads(replies.readline()) == {"done": True}
+    finally:
+        for sock in waiting:
+            sock.close()
+        srv.close()
 
 
 def test_printable_defuses_terminal_escapes() -> None:

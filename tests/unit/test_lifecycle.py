@@ -3,17 +3,28 @@ and the real disk tools (qemu-img, mkfs.ext4): fast, no VM."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import pytest
 
 from appliance.config import Settings
+from appliance.controller import lifecycle as lifecycle_module
 from appliance.controller.context import Context
-from appliance.controller.lifecycle import Lifecycle
+from appliance.controller.guestfiles import GUEST_HOST_KEY, HOST_CLIENT_KEY
+from appliance.controller.lifecycle import (
+    CREATE_STEPS,
+    DESTROY_STEPS,
+    START_STEPS,
+    STOP_STEPS,
+    Lifecycle,
+)
 from appliance.controller.reconcile import reconcile
 from appliance.core.domain import Accelerator
 from appliance.core.errors import ClawdenError, Conflict, IntegrityError, Unavailable
@@ -167,6 +178,215 @@ def test_destroy_interrupted_at_any_step_is_finished_by_reconcile(ctx: Context, 
     assert ctx.hypervisor.state("clawden-dave") is None
     assert not ctx.settings.claw_dir("dave").exists()
     assert ctx.keys.get("dave", "guest_host") is None
+
+
+# ---- killed right *after* a side effect, before it is recorded ---------------
+# The tests above kill on the progress line printed before a step runs, so a
+# step is always redone from its start. A real kill can also land after a
+# step's effect (a domain defined, a disk made, a row written) but before the
+# operation log says so: the resumed run then repeats work that is already
+# done, which every step must tolerate without doing it twice or losing it.
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Tripwire:
+    """Counts the side effects of one operation and kills (raises _Killed, as
+    Ctrl-C would) right after the ``kill_at``-th; one kill, then it only counts."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.kill_at: int | None = None
+        self.seen: list[str] = []
+
+    def arm(self, kill_at: int | None) -> None:
+        self.armed, self.kill_at, self.seen = True, kill_at, []
+
+    def hit(self, what: str) -> None:
+        if not self.armed:
+            return
+        self.seen.append(what)
+        if len(self.seen) == self.kill_at:
+            self.armed = False  # the resumed run goes through
+            raise _Killed(f"killed after {what}")
+
+    def after(self, what: str, fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+            result = fn(*args, **kwargs)
+            self.hit(_label(what, args, "done"))
+            return result
+
+        return wrapped
+
+    def before(self, what: str, fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+            self.hit(_label(what, args, "not yet recorded"))
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+
+def _label(what: str, args: tuple[object, ...], note: str) -> str:
+    # Names and steps, not key material: the same label on every run.
+    shown = ", ".join([a for a in args if isinstance(a, str)][:2])
+    return f"{what}({shown}) {note}"
+
+
+def _wire(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> _Tripwire:
+    """A tripwire on every side effect the lifecycle has: each libvirt change,
+    disk made, store row written, and each record in the operations log (so a
+    kill also lands after a step's last effect, before the log moves on)."""
+    wire = _Tripwire()
+    hv = _fake(ctx)
+    for name in ("define", "start", "shutdown", "force_off", "undefine"):
+        monkeypatch.setattr(hv, name, wire.after(f"hypervisor.{name}", getattr(hv, name)))
+    for name in ("add", "set_state", "set_image_version", "delete"):
+        monkeypatch.setattr(ctx.claws, name, wire.after(f"claws.{name}", getattr(ctx.claws, name)))
+    for name in ("put", "delete_for"):
+        monkeypatch.setattr(ctx.keys, name, wire.after(f"keys.{name}", getattr(ctx.keys, name)))
+    for name in ("provision_seed", "create_root_overlay", "create_data_disk"):
+        original = getattr(lifecycle_module, name)
+        monkeypatch.setattr(lifecycle_module, name, wire.after(name, original))
+    monkeypatch.setattr(ctx.ops, "start", wire.after("ops.start", ctx.ops.start))
+    monkeypatch.setattr(ctx.ops, "advance", wire.before("ops.advance", ctx.ops.advance))
+    finish = wire.after("ops.finish", wire.before("ops.finish", ctx.ops.finish))
+    monkeypatch.setattr(ctx.ops, "finish", finish)
+    return wire
+
+
+def _seed_file(seed: Path, name: str) -> str:
+    debugfs = shutil.which("debugfs", path="/usr/sbin:/sbin") or "debugfs"
+    out = subprocess.run(
+        [debugfs, "-R", f"cat /{name}", str(seed)], capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+def _count(ctx: Context, sql: str, *args: object) -> int:
+    return int(ctx.store.db.execute(sql, args).fetchone()[0])
+
+
+MARK = b"written by the guest before the operation"
+
+
+def _prepare(kind: str, ctx: Context) -> None:
+    """The claw as each operation finds it, with something written on each disk."""
+    if kind == "create":
+        return
+    Lifecycle(ctx).create(ClawSpec("nora", "Nora"))
+    if kind == "start":
+        Lifecycle(ctx).stop("nora")
+    for disk in ("data.qcow2", "root.qcow2"):
+        with (ctx.settings.claw_dir("nora") / disk).open("ab") as f:
+            f.write(MARK)
+
+
+def _operate(kind: str, ctx: Context) -> None:
+    life = Lifecycle(ctx)
+    if kind == "create":
+        life.create(ClawSpec("nora", "Nora"))
+    else:
+        getattr(life, kind)("nora")
+
+
+HISTORY = {  # the claw's operations, newest first: the interrupted one exactly once
+    "create": ["create"],
+    "destroy": ["destroy", "create"],
+    "start": ["start", "stop", "create"],
+    "stop": ["stop", "create"],
+}
+STEPS = {"create": CREATE_STEPS, "destroy": DESTROY_STEPS, "start": START_STEPS, "stop": STOP_STEPS}
+
+
+def _check_end_state(kind: str, ctx: Context) -> None:
+    hv = _fake(ctx)
+    d = ctx.settings.claw_dir("nora")
+    actions = _actions(ctx)
+    assert actions.count(f"claw.{kind}") == 1, actions  # audited once, not lost or doubled
+    assert ctx.audit.verify().ok
+    assert [op.kind for op in ctx.ops.history("nora")] == HISTORY[kind]
+    assert {op.status for op in ctx.ops.history("nora")} == {"done"}
+    if kind == "destroy":
+        assert ctx.claws.get("nora") is None
+        assert hv.domains == {}
+        assert not d.exists()
+        assert _count(ctx, "SELECT count(*) FROM keys WHERE claw = 'nora'") == 0
+        assert _count(ctx, "SELECT count(*) FROM schedules WHERE claw = 'nora'") == 0
+        return
+    claw = ctx.claws.require("nora")
+    (name,) = hv.domains
+    dom = hv.domains[name]
+    # Exactly the claw's disks: no second copy, no temp file left behind.
+    assert sorted(p.name for p in d.iterdir()) == ["data.qcow2", "root.qcow2", "seed.img"]
+    assert _count(ctx, "SELECT count(*) FROM keys WHERE claw = 'nora'") == 2
+    assert _count(ctx, "SELECT count(*) FROM schedules WHERE claw = 'nora'") == 1
+    # The seed disk carries the keys the host kept (a re-run provision step
+    # rewrote both, never one without the other).
+    guest_key = ctx.keys.get("nora", GUEST_HOST_KEY)
+    client_key = ctx.keys.get("nora", HOST_CLIENT_KEY)
+    assert guest_key is not None and client_key is not None
+    seed = d / "seed.img"
+    assert _seed_file(seed, "ssh_host_ed25519_key.pub").strip() == guest_key.public_key.strip()
+    assert " ".join(client_key.public_key.split()[:2]) in _seed_file(seed, "authorized_keys")
+    if kind == "stop":
+        assert claw.state is ClawState.STOPPED
+        assert dom.state is DomainState.SHUTOFF
+        assert (dom.starts, dom.forced_offs) == (1, 0)  # a clean shutdown, no restart
+    else:
+        assert claw.state is ClawState.RUNNING
+        assert dom.state is DomainState.RUNNING
+        assert dom.starts == (1 if kind == "create" else 2)  # booted once by this operation
+        assert dom.forced_offs == 0
+    if kind != "create":
+        assert MARK in (d / "data.qcow2").read_bytes()  # the data disk is kept as it was
+        # and the root disk is a fresh overlay only when the claw (re)boots
+        assert (MARK in (d / "root.qcow2").read_bytes()) is (kind == "stop")
+
+
+@pytest.mark.parametrize("kind", ["create", "destroy", "start", "stop"])
+def test_killed_right_after_any_side_effect_is_finished_by_reconcile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # One uninterrupted run lists the kill points...
+    with monkeypatch.context() as patches:
+        ctx = _installation(tmp_path / "dry-run", FakeHypervisor())
+        try:
+            wire = _wire(ctx, patches)
+            _prepare(kind, ctx)
+            wire.arm(None)
+            _operate(kind, ctx)
+            points = list(wire.seen)
+        finally:
+            ctx.store.db.close()
+    # ...which include the end of every step, before the next is recorded.
+    for step in STEPS[kind][1:]:
+        assert f"ops.advance({step}) not yet recorded" in points
+    assert points[-2:] == ["ops.finish(done) not yet recorded", "ops.finish(done) done"]
+
+    for n, point in enumerate(points, start=1):
+        with monkeypatch.context() as patches:
+            ctx = _installation(tmp_path / f"kill-{n}", FakeHypervisor())
+            try:
+                wire = _wire(ctx, patches)
+                _prepare(kind, ctx)
+                wire.arm(n)
+                with pytest.raises(_Killed, match=re.escape(f"killed after {point}")):
+                    _operate(kind, ctx)
+                report = reconcile(ctx)
+                label = f"{kind} killed after {point}"
+                assert len(report.resumed) == 1 and not report.errors, (label, report)
+                assert (report.restarted, report.stopped) == ([], []), (label, report)
+                assert ctx.ops.unfinished() == [], label
+                try:
+                    _check_end_state(kind, ctx)
+                except AssertionError as exc:
+                    raise AssertionError(f"{label}: {exc}") from exc
+                assert reconcile(ctx).changed is False, label  # settled: nothing left to do
+            finally:
+                ctx.store.db.close()
 
 
 def test_stop_start_keeps_data_disk_and_renews_root(ctx: Context) -> None:
