@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,6 +37,22 @@ class LocalSshd:
 
 def sshd_available() -> bool:
     return Path("/usr/sbin/sshd").exists() and shutil.which("socat") is not None
+
+
+def _wait_listening(path: Path, timeout: float = 10.0) -> None:
+    """Until socat accepts connections: its socket file appears at bind(),
+    a moment before listen(), and a connect in between is refused. The probe
+    connection costs one sshd that finds no client and exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(path))
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.02)
 
 
 @contextmanager
@@ -71,10 +88,7 @@ def local_sshd(workdir: Path, permit_listen: str = "127.0.0.1:*") -> Iterator[Lo
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(200):
-            if sock.exists():
-                break
-            time.sleep(0.02)
+        _wait_listening(sock)
         yield LocalSshd(sock, host_public, client_private, user)
     finally:
         proc.terminate()
