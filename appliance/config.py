@@ -11,6 +11,7 @@ point a whole installation somewhere else without touching code:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,27 @@ class Settings:
         home = Path(env["CLAWDEN_HOME"]) if env.get("CLAWDEN_HOME") else _default_home(env)
         default_uri = "qemu:///system" if os.geteuid() == 0 else "qemu:///session"
         return cls(home=home.absolute(), libvirt_uri=env.get("CLAWDEN_LIBVIRT_URI") or default_uri)
+
+    @property
+    def installation_key(self) -> str:
+        """What identifies this installation on a shared libvirt: its home.
+        The claws' domain UUIDs (``controller/guestfiles.py: domain_uuid``) and
+        the installation tag in their domain names both derive from it."""
+        return f"clawden:{self.home}"
+
+    @property
+    def installation_tag(self) -> str:
+        """Eight hex digits naming this installation's domains
+        (``clawden-<tag>-<claw>``, ``core/model.py: domain_name``).
+
+        Derived from the home path, like the UUIDs, rather than minted and
+        stored: a domain's name and UUID then always agree about whose it is;
+        a copied home (say, a restored backup beside the original) gets a tag
+        of its own instead of sharing — and fighting over — the original's
+        domains; and a moved home, whose domain XML points at the old paths
+        anyway, simply defines fresh domains under its new tag.
+        """
+        return hashlib.sha256(self.installation_key.encode()).hexdigest()[:8]
 
     @property
     def db_path(self) -> Path:

@@ -31,7 +31,7 @@ CLAWDEN = str(Path(sys.executable).with_name("clawden"))
 URI = os.environ.get("CLAWDEN_LIBVIRT_URI", "qemu:///system")
 IMAGE_CACHE = Path(os.environ.get("CLAWDEN_BENCH_IMAGE_CACHE", "/var/tmp/clawden-test-images"))
 CLAW_PREFIX = "bench-"
-DOMAIN_PREFIX = "clawden-"  # appliance.core.model.DOMAIN_PREFIX
+DOMAIN_PREFIX = "clawden-"  # appliance.core.model.DOMAIN_PREFIX (every installation's)
 RESULTS = Path(__file__).resolve().parent / "results"
 QUIET_POLL_S = 20.0
 QUIET_MAX_S = 15 * 60.0
@@ -60,17 +60,25 @@ def foreign_domains() -> list[str]:
     return [
         d
         for d in (line.strip() for line in out.splitlines())
-        if d.startswith(DOMAIN_PREFIX) and not d.startswith(DOMAIN_PREFIX + CLAW_PREFIX)
+        if d.startswith(DOMAIN_PREFIX) and not _is_bench_domain(d)
     ]
+
+
+def _is_bench_domain(domain: str) -> bool:
+    """A domain of a bench claw (all named ``bench-*``), of any bench home:
+    ``clawden-<installation tag>-bench-*`` (``core/model.py: domain_name``),
+    or ``clawden-bench-*`` as named before installation tags."""
+    rest = domain[len(DOMAIN_PREFIX) :]
+    return rest.startswith(CLAW_PREFIX) or rest.partition("-")[2].startswith(CLAW_PREFIX)
 
 
 def busy_reason() -> str | None:
     """Why this is not the moment to measure, or None.
 
     Two cores are shared: a concurrent integration run boots VMs of its own
-    and would distort both its timings and ours. Worse, every controller's
-    reconcile removes the ``clawden-*`` domains its own store does not know,
-    so two homes with controllers on one libvirt destroy each other's VMs.
+    and would distort both its timings and ours. (Each home's domains carry
+    its installation tag and UUIDs, so their controllers no longer remove
+    each other's claws; the contention is what remains.)
     """
     # pgrep never matches itself, and this interpreter's argv has no "pytest".
     found = subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, text=True)
@@ -256,9 +264,8 @@ class Controller:
 class _Watchdog:
     """Stops our controller the moment another run shows up.
 
-    Our controller's reconcile (at start and every 30 s) would force off and
-    undefine the other run's claws as orphans, and theirs ours. Stopping ours
-    at once spares theirs; the part is then redone on a quiet machine."""
+    Two runs' VMs on the same cores distort both runs' figures. Stopping
+    ours at once spares theirs; the part is then redone on a quiet machine."""
 
     def __init__(self, proc: subprocess.Popen[bytes], poll: float = 2.0) -> None:
         self.reason: str | None = None

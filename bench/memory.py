@@ -171,10 +171,13 @@ def _daemon_rss(name: str) -> float | None:
 
 
 def _qemu_pid(home: Home, claw: str) -> int:
+    from appliance.config import Settings
     from appliance.core.model import domain_name
     from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
 
-    pid = LibvirtHypervisor(home.env["CLAWDEN_LIBVIRT_URI"]).pid(domain_name(claw))
+    settings = Settings.from_env(home.env)
+    domain = domain_name(settings.installation_tag, claw)
+    pid = LibvirtHypervisor(settings.libvirt_uri).pid(domain)
     if pid is None:
         raise RuntimeError(f"no QEMU pid for {claw}")
     return pid

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import paramiko
 
@@ -170,21 +171,30 @@ class CommandTimeout(Unavailable):
     """A guest command ran past its timeout (its channel is closed on the way out)."""
 
 
+class InputSource(Protocol):
+    """Input for a command that arrives while it runs (``claw exec``'s stdin,
+    streamed by the CLI through the controller)."""
+
+    def read_nowait(self) -> bytes | None:
+        """What has arrived (``b""`` if nothing yet), or ``None`` at the end of
+        the input. May raise to abandon the command."""
+
+
 def run_command(
     transport: paramiko.Transport,
     command: str,
     on_stdout: Callable[[bytes], None],
     on_stderr: Callable[[bytes], None],
     timeout: float | None = None,
-    stdin: bytes | None = None,
+    stdin: bytes | InputSource | None = None,
 ) -> int:
     """Run ``command`` (a shell command line) in the guest as ``claw``, streaming
     its output as it arrives; return its exit code (-1 if killed by a signal).
 
-    ``stdin``, when given, is written to the command and followed by EOF; with
-    None nothing is sent and stdin stays open (the historical behaviour of
-    ``claw exec``). A callback may raise to abandon the command: the channel
-    is closed and the exception propagates.
+    ``stdin``, when given, is written to the command and followed by EOF:
+    bytes all at once, an ``InputSource`` as its input arrives. With None
+    nothing is sent and stdin stays open. A callback (or the source) may raise
+    to abandon the command: the channel is closed and the exception propagates.
     """
     chan = transport.open_session(timeout=30)
     try:
@@ -194,16 +204,27 @@ def run_command(
         # stdin is fed in the same loop that drains stdout: writing it all
         # first would deadlock on a command (like `cat`) that echoes more than
         # the SSH window holds before it reads on.
-        pending = memoryview(stdin) if stdin is not None else None
+        source = None if stdin is None or isinstance(stdin, bytes) else stdin
+        pending = memoryview(stdin if isinstance(stdin, bytes) else b"")
+        feeding = stdin is not None  # until EOF is sent or the command stops reading
         while True:
             progressed = False
-            if pending is not None:
+            if feeding and not pending and source is not None:
+                chunk = source.read_nowait()
+                if chunk is None:
+                    source = None  # the end of the input: EOF once it is all sent
+                else:
+                    pending = memoryview(chunk)
+            if feeding and pending:
                 sent = _feed(chan, pending)
                 progressed = sent > 0
-                pending = None if sent < 0 else pending[sent:]
-                if pending is not None and not pending:
-                    chan.shutdown_write()  # EOF: the command sees the end of its input
-                    pending = None
+                if sent < 0:
+                    feeding = False  # the command no longer takes input
+                else:
+                    pending = pending[sent:]
+            if feeding and not pending and source is None:
+                chan.shutdown_write()  # EOF: the command sees the end of its input
+                feeding = False
             while chan.recv_ready():
                 on_stdout(chan.recv(65536))
                 progressed = True

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Iterator
 
 from appliance.app import build_context, load_settings
 from appliance.cli import skills
@@ -47,9 +49,14 @@ def register(sub: Subparsers) -> None:
     destroy.add_argument("name")
     destroy.add_argument("--yes", action="store_true", help="confirm: this deletes its data")
     destroy.set_defaults(handler=claw_destroy)
-    ex = claw.add_parser("exec", help="run a command in a claw as its `claw` user")
+    ex = claw.add_parser(
+        "exec",
+        help="run a command in a claw as its `claw` user (piped stdin is passed on)",
+        usage="clawden claw exec [--timeout S] NAME [--timeout S] -- CMD [ARG ...]",
+    )
     ex.add_argument("name")
-    ex.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    _add_exec_options(ex)
+    # Everything after NAME: options up to `--`, then the command (see _exec_command).
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     ex.set_defaults(handler=claw_exec)
     say = claw.add_parser("say", help="send a claw a chat message and print its reply")
@@ -77,6 +84,67 @@ def register(sub: Subparsers) -> None:
     )
     msgs.add_argument("--yes", action="store_true", help="confirm --purge-before")
     msgs.set_defaults(handler=claw_messages)
+
+
+def _add_exec_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+
+
+def _exec_command(args: argparse.Namespace) -> list[str]:
+    """The command of ``claw exec``, after applying any options given between
+    NAME and ``--`` to ``args`` (``exec alice --timeout 5 -- sleep 10`` means
+    the same as ``exec --timeout 5 alice -- sleep 10``).
+
+    Only ``--`` ends the options, and everything after it is the command, even
+    what looks like an option (``-- ls --timeout``). Without options, a command
+    may also follow NAME directly, as it always could (``exec alice ls -la``).
+    """
+    argv = list(args.argv)
+    if argv and argv[0].startswith("-") and argv[0] != "--":
+        if "--" not in argv:
+            raise InvalidInput(
+                f"options after the claw's name must be followed by `--`: {' '.join(argv)}",
+                f"usage: clawden claw exec {args.name} [--timeout S] -- CMD [ARG ...]",
+            )
+        cut = argv.index("--")
+        options = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+        _add_exec_options(options)
+        usage = f"usage: clawden claw exec {args.name} [--timeout S] -- CMD [ARG ...]"
+        try:
+            _, unknown = options.parse_known_args(argv[:cut], namespace=args)
+        except argparse.ArgumentError as exc:
+            raise InvalidInput(str(exc), usage) from None
+        if unknown:
+            raise InvalidInput(f"unknown option(s) before `--`: {' '.join(unknown)}", usage)
+        return argv[cut + 1 :]
+    return argv[1:] if argv and argv[0] == "--" else argv
+
+
+def _stdin_chunks() -> Iterator[bytes] | None:
+    """The CLI's stdin, in chunks as it arrives, when it is piped or
+    redirected; ``None`` for a terminal (nothing is forwarded from a TTY: the
+    command's stdin is empty, so `cat` ends at once instead of waiting) or
+    when there is no stdin at all."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None  # closed, or replaced by something without a descriptor
+    if os.isatty(fd):
+        return None
+
+    def chunks() -> Iterator[bytes]:
+        # os.read, not sys.stdin.buffer: the reading thread is a daemon that
+        # may still be blocked here at exit, and must hold no buffer lock.
+        while True:
+            try:
+                chunk = os.read(fd, rpc.INPUT_CHUNK)
+            except OSError:
+                return  # unreadable: end the input here
+            if not chunk:
+                return
+            yield chunk
+
+    return chunks()
 
 
 def _wait_ready(settings: Settings, name: str, timeout: float) -> None:
@@ -163,17 +231,23 @@ def claw_status(args: argparse.Namespace) -> int:
 
 def claw_exec(args: argparse.Namespace) -> int:
     name = validate_claw_name(args.name)
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+    argv = _exec_command(args)
     if not argv:
         raise InvalidInput("no command given", f"usage: clawden claw exec {name} -- CMD [ARG ...]")
     settings = load_settings()
     out = terminal_writer(sys.stdout.buffer)
     err = terminal_writer(sys.stderr.buffer)
     code = 0
-    request = {"op": "exec", "claw": name, "argv": argv, "timeout": args.timeout, "wait": 60}
-    for reply in rpc.stream(settings.controller_socket, request):
+    stdin = _stdin_chunks()
+    request = {
+        "op": "exec",
+        "claw": name,
+        "argv": argv,
+        "timeout": args.timeout,
+        "wait": 60,
+        "stdin": stdin is not None,
+    }
+    for reply in rpc.stream(settings.controller_socket, request, send_input=stdin):
         if "stdout" in reply:
             out(rpc.decode_chunk(reply["stdout"]))
         elif "stderr" in reply:

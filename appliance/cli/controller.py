@@ -61,7 +61,8 @@ def do_reconcile(args: argparse.Namespace) -> int:
         print("nothing to do: libvirt and the store agree")
     else:
         print(
-            f"resumed {len(report.resumed)}, restarted {len(report.restarted)}, "
+            f"resumed {len(report.resumed)}, renamed {len(report.renamed)}, "
+            f"restarted {len(report.restarted)}, "
             f"stopped {len(report.stopped)}, orphans removed {len(report.orphans_removed)}, "
             f"errors {len(report.errors)}"
         )

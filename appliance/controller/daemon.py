@@ -27,13 +27,14 @@ from appliance.controller.delivery import (
     ChannelDelivery,
     converse,
 )
+from appliance.controller.domains import find_domain
 from appliance.controller.guestcopy import put_tree_handler
 from appliance.controller.guestfiles import channel_target
 from appliance.controller.heartbeat_source import ChannelHeartbeatSource
 from appliance.controller.reconcile import RetryGate, reconcile
-from appliance.controller.rpc import Reply, RpcServer, encode_chunk
+from appliance.controller.rpc import ClientInput, Reply, RpcServer, encode_chunk
 from appliance.core.errors import ClawdenError, InvalidInput, NotFound, Unavailable
-from appliance.core.model import ClawState, domain_name, validate_claw_name
+from appliance.core.model import ClawState, validate_claw_name
 from appliance.core.ports import DomainState
 from appliance.core.quotas import Refusals
 from appliance.schedule.runner import SchedulerRunner, SchedulerThread
@@ -86,13 +87,13 @@ class Controller:
                 "ping": self._ping,
                 "status": self._status,
                 "wait_ready": self._wait_ready,
-                "exec": self._exec,
                 "reconnect": self._reconnect,
                 "say": self._op_say,
                 "put_tree": put_tree_handler(
                     self.transport_for, staging=self._ctx.settings.home / "tmp"
                 ),
             },
+            input_handlers={"exec": self._exec},
         )
 
     # ---- lifecycle ------------------------------------------------------
@@ -130,8 +131,9 @@ class Controller:
             self._say(f"reconcile: {line}")
         if initial and report.changed:
             self._say(
-                f"reconciled: resumed {len(report.resumed)}, restarted {len(report.restarted)},"
-                f" stopped {len(report.stopped)}, orphans removed {len(report.orphans_removed)}"
+                f"reconciled: resumed {len(report.resumed)}, renamed {len(report.renamed)},"
+                f" restarted {len(report.restarted)}, stopped {len(report.stopped)},"
+                f" orphans removed {len(report.orphans_removed)}"
             )
         self._sync_channels()
 
@@ -147,7 +149,7 @@ class Controller:
                 c.name
                 for c in self._ctx.claws.list()
                 if c.state is ClawState.RUNNING
-                and self._ctx.hypervisor.state(domain_name(c.name)) is DomainState.RUNNING
+                and find_domain(self._ctx, c.name).state is DomainState.RUNNING
             }
         except ClawdenError as exc:
             log.warning("cannot list claws: %s", exc)
@@ -184,12 +186,25 @@ class Controller:
         return {"pid": os.getpid(), "channels": claws, "refusals": self._refusals.totals()}
 
     def _connection(self, claw: str) -> ClawConnection:
-        record = self._ctx.claws.require(claw)
-        if record.state is not ClawState.RUNNING:
-            raise ClawdenError(
-                f"claw {claw!r} is {record.state.value}", f"start it: `clawden claw start {claw}`"
-            )
-        self._sync_channels()
+        """The claw's supervised connection, started here if the main loop
+        has not got to it yet. Looks at this one claw only — its store row and
+        its domain's state — as ``_sync_channels`` would for it."""
+        with self._sync_lock:
+            record = self._ctx.claws.require(claw)
+            if record.state is not ClawState.RUNNING:
+                raise ClawdenError(
+                    f"claw {claw!r} is {record.state.value}",
+                    f"start it: `clawden claw start {claw}`",
+                )
+            try:
+                running = find_domain(self._ctx, claw).state is DomainState.RUNNING
+            except ClawdenError as exc:
+                log.warning("cannot read claw %s's domain: %s", claw, exc)
+            else:
+                if running:
+                    self.channels.ensure(claw)
+                else:
+                    self.channels.drop(claw)
         conn = self.channels.get(claw)
         if conn is None:
             raise NotFound(
@@ -246,7 +261,12 @@ class Controller:
             )
         return self.transport_for(claw, SCHEDULE_CHANNEL_WAIT)
 
-    def _exec(self, request: dict[str, Any], send: Callable[[Reply], None]) -> Reply:
+    def _exec(
+        self, request: dict[str, Any], send: Callable[[Reply], None], stdin: ClientInput
+    ) -> Reply:
+        """Run ``argv`` in the claw. With ``"stdin": true`` the client streams
+        the command's input after the request (``rpc.ClientInput``); without,
+        the command's stdin is empty (EOF at once)."""
         claw = str(request["claw"])
         argv = [str(a) for a in request["argv"]]
         timeout = request.get("timeout")
@@ -259,6 +279,7 @@ class Controller:
             lambda b: send({"stdout": encode_chunk(b)}),
             lambda b: send({"stderr": encode_chunk(b)}),
             timeout=None if timeout is None else float(timeout),
+            stdin=stdin if request.get("stdin") is True else b"",
         )
         if code < 0:
             # No exit status came back: the command was killed by a signal, or

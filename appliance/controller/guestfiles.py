@@ -88,8 +88,10 @@ def domain_uuid(settings: Settings, claw: str) -> str:
     """Stable per (installation, claw): redefining our own domain never trips
     libvirt's "same name, different UUID" check, while a second installation
     on the same libvirt (a test run beside the appliance) gets other UUIDs —
-    so neither ever mistakes the other's domains for its own orphans."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"clawden:{settings.home}:{claw}"))
+    so neither ever mistakes the other's domains for its own orphans. The
+    string is ``clawden:<home>:<claw>``, as it has always been, so a claw keeps
+    its UUID across upgrades (its domain's *name* gained the installation tag)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{settings.installation_key}:{claw}"))
 
 
 def build_domain_spec(
@@ -97,7 +99,7 @@ def build_domain_spec(
 ) -> DomainSpec:
     files = ClawFiles.for_claw(settings, claw.name)
     return DomainSpec(
-        name=domain_name(claw.name),
+        name=domain_name(settings.installation_tag, claw.name),
         uuid=domain_uuid(settings, claw.name),
         vcpus=claw.vcpus,
         memory_mib=claw.memory_mib,

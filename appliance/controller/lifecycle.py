@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from appliance.controller.context import Context, Progress, silent
+from appliance.controller.domains import ACTIVE, find_domain, rename_legacy_domain
 from appliance.controller.guestfiles import (
     ClawFiles,
     build_domain_spec,
@@ -25,7 +26,6 @@ from appliance.controller.guestfiles import (
 )
 from appliance.core.errors import ClawdenError, Conflict, InvalidInput
 from appliance.core.model import Claw, ClawSpec, ClawState, domain_name
-from appliance.core.ports import DomainState
 from appliance.image import GoldenImage, latest_image, verify_image
 from appliance.schedule.jobs import ensure_heartbeat
 from appliance.store import Operation
@@ -140,8 +140,13 @@ class Lifecycle:
         except BaseException as exc:
             self._on_failure(current, exc, progress)
             raise
-        self.ctx.ops.finish(op.id, "done")
-        self.ctx.audit.append(self.ctx.actor, f"claw.{op.kind}", op.claw, self._summary(current))
+        # One unit: killed in between, the operation would be done with no
+        # audit entry, and nothing would ever write it.
+        with self.ctx.store.transaction():
+            self.ctx.ops.finish(op.id, "done")
+            self.ctx.audit.append(
+                self.ctx.actor, f"claw.{op.kind}", op.claw, self._summary(current)
+            )
 
     def _on_failure(self, op: Operation, exc: BaseException, progress: Progress) -> None:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -239,10 +244,7 @@ class Lifecycle:
         # to its root disk survives a restart. Only the data disk persists.
         files = self._files(op.claw)
         image = self.verified_image(progress)
-        if self.ctx.hypervisor.state(domain_name(op.claw)) in (
-            DomainState.RUNNING,
-            DomainState.PAUSED,
-        ):
+        if find_domain(self.ctx, op.claw).state in ACTIVE:
             return  # already up: never swap the root disk under a running guest
         create_root_overlay(image.golden, files.root)
         self.ctx.claws.set_image_version(op.claw, image.version)
@@ -254,33 +256,68 @@ class Lifecycle:
         choice = self.ctx.pick_accelerator(image.kernel, image.initrd)
         progress(f"accelerator: {choice.accelerator.value} ({choice.note})")
         spec = build_domain_spec(self.ctx.settings, claw, image, choice.accelerator)
+        # A pre-tag domain holding the claw's UUID takes its tagged name
+        # first: libvirt refuses one UUID under two names.
+        self._domain(op.claw, progress)
         self.ctx.hypervisor.define(spec)
 
     def _boot(self, op: Operation, progress: Progress) -> None:
         progress("booting")
-        self.ctx.hypervisor.start(domain_name(op.claw))
+        self.ctx.hypervisor.start(self._domain(op.claw, progress))
         self.ctx.claws.set_state(op.claw, ClawState.RUNNING)
 
     def _shutdown(self, op: Operation, progress: Progress) -> None:
-        if not self._ours(op.claw):
+        name = self._ours(op.claw)
+        if name is None:
             return
         progress(f"shutting down (forced after {SHUTDOWN_TIMEOUT:.0f} s)")
-        self.ctx.hypervisor.shutdown(domain_name(op.claw), timeout=SHUTDOWN_TIMEOUT)
+        self.ctx.hypervisor.shutdown(name, timeout=SHUTDOWN_TIMEOUT)
+        if name != self._tagged(op.claw):
+            # A claw from before installation tags, now stopped: libvirt can
+            # rename it at last. The stop itself has succeeded either way; a
+            # rename that fails is retried (and reported) by reconcile.
+            try:
+                rename_legacy_domain(self.ctx, op.claw)
+            except ClawdenError as exc:
+                progress(f"could not rename domain {name} yet ({exc.what}); reconcile retries")
 
     def _force_off(self, op: Operation, progress: Progress) -> None:
-        if self._ours(op.claw):
-            self.ctx.hypervisor.force_off(domain_name(op.claw))
+        name = self._ours(op.claw)
+        if name is not None:
+            self.ctx.hypervisor.force_off(name)
 
     def _undefine(self, op: Operation, progress: Progress) -> None:
-        if self._ours(op.claw):
-            self.ctx.hypervisor.undefine(domain_name(op.claw))
+        name = self._ours(op.claw)
+        if name is not None:
+            self.ctx.hypervisor.undefine(name)
 
-    def _ours(self, claw: str) -> bool:
-        """Whether ``clawden-<claw>`` is this installation's domain. Another
-        installation on the same libvirt may use the same claw name; its
-        domain must never be stopped or undefined from here."""
-        found = self.ctx.hypervisor.uuid(domain_name(claw))
-        return found is not None and found == domain_uuid(self.ctx.settings, claw)
+    def _ours(self, claw: str) -> str | None:
+        """The name of this installation's domain of ``claw`` (tagged, or
+        from before tags), or ``None``. Checked by UUID: another installation
+        on the same libvirt may have a domain of that name (a claw of the same
+        name from an older clawden, or a tag collision); it must never be
+        stopped or undefined from here."""
+        domain = find_domain(self.ctx, claw)
+        if domain.state is None:
+            return None
+        if domain.legacy:
+            return domain.name  # find_domain checked its UUID
+        found = self.ctx.hypervisor.uuid(domain.name)
+        return domain.name if found == domain_uuid(self.ctx.settings, claw) else None
+
+    def _tagged(self, claw: str) -> str:
+        return domain_name(self.ctx.settings.installation_tag, claw)
+
+    def _domain(self, claw: str, progress: Progress) -> str:
+        """The name of the claw's domain, after giving a pre-tag domain that
+        is not running its tagged name (it keeps its UUID, definition and
+        disks). A running one keeps its old name: libvirt cannot rename it."""
+        domain = find_domain(self.ctx, claw)
+        if not domain.legacy or domain.state in ACTIVE:
+            return domain.name
+        progress(f"renaming domain {domain.name} to {self._tagged(claw)}")
+        rename_legacy_domain(self.ctx, claw)
+        return self._tagged(claw)
 
     def _remove_files(self, op: Operation, progress: Progress) -> None:
         shutil.rmtree(self._files(op.claw).dir, ignore_errors=True)
@@ -302,8 +339,8 @@ class Lifecycle:
 
     def _rollback_create(self, claw: str) -> None:
         """Undo a failed create completely: no domain, disk, key, socket or row left."""
-        if self._ours(claw):
-            name = domain_name(claw)
+        name = self._ours(claw)
+        if name is not None:
             self.ctx.hypervisor.force_off(name)
             self.ctx.hypervisor.undefine(name)
         shutil.rmtree(self._files(claw).dir, ignore_errors=True)

@@ -5,6 +5,12 @@ client at a time), so CLI commands that need the guest — ``exec``, readiness �
 ask the controller. Requests are one JSON object per line; replies are JSON
 lines, the last of which has ``"done": true``. Output of ``exec`` streams as
 base64 chunks so any bytes survive.
+
+An op registered as taking input (``exec``) may have more lines follow its
+request: ``{"stdin": <base64>}`` chunks, then ``{"stdin_eof": true}``. They
+are read on a thread of their own into a small bounded queue, so a client
+sending faster than the command reads is held back by the socket, and nothing
+is buffered without limit on either side.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import queue
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +33,128 @@ log = logging.getLogger(__name__)
 Reply = dict[str, Any]
 Handler = Callable[[dict[str, Any], Callable[[Reply], None]], Reply]
 
+MAX_LINE = 1024 * 1024  # a request, or one input line (a 64 KiB chunk is ~87 KiB)
+INPUT_CHUNK = 65536
+INPUT_QUEUE = 16  # chunks held in the controller per request: at most 1 MiB
+# Writing to a peer that hung up must raise EPIPE, not deliver SIGPIPE: the
+# CLI restores SIGPIPE's default (so `clawden … | head` ends quietly), which
+# would otherwise kill the controller, or a CLI still sending input.
+_NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+class ClientGone(Exception):  # noqa: N818 — an event, not a failure of ours
+    """The client hung up before the end of its input: whatever it started is abandoned."""
+
+
+class ClientInput:
+    """The input lines a client sends after its request, as the
+    ``read_nowait`` source ``channel/transport.py: run_command`` feeds to a
+    command. Reading starts with the first ``read_nowait``."""
+
+    def __init__(self, rfile: Any, sock: socket.socket) -> None:
+        self._rfile, self._sock = rfile, sock
+        self._queue: queue.Queue[bytes | None | ClientGone] = queue.Queue(INPUT_QUEUE)
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ended = False
+
+    def read_nowait(self) -> bytes | None:
+        """Input that has arrived (``b""`` if none yet), ``None`` at its end;
+        raises ``ClientGone`` if the client left without ending it."""
+        if self._ended:
+            return None
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._pump, daemon=True)
+            self._thread.start()
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            return b""
+        if isinstance(item, ClientGone):
+            self._ended = True
+            raise item
+        if item is None:
+            self._ended = True
+        return item
+
+    def close(self) -> None:
+        """Stop reading: wakes the reader thread and waits for it, so it never
+        outlives the connection (its socket is closed right after)."""
+        self._closed.set()
+        if self._thread is None:
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # the client has gone already
+        self._thread.join(timeout=5)
+
+    def _pump(self) -> None:
+        end: bytes | None | ClientGone = ClientGone("the client hung up mid-input")
+        try:
+            while not self._closed.is_set():
+                line = self._rfile.readline(MAX_LINE)
+                if not line.endswith(b"\n"):
+                    break  # hung up (or an over-long line): abandon
+                message = json.loads(line)
+                if message.get("stdin_eof"):
+                    end = None
+                    break
+                data = decode_chunk(str(message.get("stdin", "")))
+                if data and not self._put(data):
+                    return
+        except (OSError, ValueError, AttributeError):
+            pass  # a broken connection or a malformed line: abandon
+        self._put(end)
+
+    def _put(self, item: bytes | None | ClientGone) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+InputHandler = Callable[[dict[str, Any], Callable[[Reply], None], ClientInput], Reply]
+
 
 def _error_reply(exc: ClawdenError) -> Reply:
     return {"done": True, "error": {"type": type(exc).__name__, "what": exc.what, "fix": exc.fix}}
 
 
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    # socketserver's listen backlog is 5. A unix socket whose backlog is full
+    # refuses a connect at once (EAGAIN), which the CLI can only report as
+    # "the controller is not running" — with a few CLIs at once on a busy box.
+    request_queue_size = 128
+
+
 class RpcServer:
     """Threaded unix-socket server dispatching ``{"op": ...}`` requests."""
 
-    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        handlers: Mapping[str, Handler],
+        input_handlers: Mapping[str, InputHandler] | None = None,
+    ) -> None:
+        """``input_handlers`` are ops whose client may send input lines after
+        the request; they get a ``ClientInput`` to read them from."""
         self.path = path
         self._handlers = handlers
+        self._input_handlers = input_handlers or {}
         outer = self
 
         class _Conn(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                outer._handle(self.rfile, self.wfile)
+                outer._handle(self.rfile, self.connection)
 
         self._refuse_if_running()
         path.unlink(missing_ok=True)
-        self._server = socketserver.ThreadingUnixStreamServer(str(path), _Conn)
-        self._server.daemon_threads = True
+        self._server = _Server(str(path), _Conn)
         path.chmod(0o600)  # the CLI runs as the same (root) user; nobody else may drive VMs
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -70,29 +178,35 @@ class RpcServer:
         self._server.server_close()
         self.path.unlink(missing_ok=True)
 
-    def _handle(self, rfile: Any, wfile: Any) -> None:
+    def _handle(self, rfile: Any, sock: socket.socket) -> None:
         lock = threading.Lock()
 
         def send(reply: Reply) -> None:
             with lock:
-                wfile.write(json.dumps(reply).encode() + b"\n")
-                wfile.flush()
+                sock.sendall(json.dumps(reply).encode() + b"\n", _NO_SIGPIPE)
 
-        line = rfile.readline(1024 * 1024)
+        line = rfile.readline(MAX_LINE)
+        client_input: ClientInput | None = None
         try:
             request = json.loads(line)
-            handler = self._handlers.get(str(request.get("op")))
-            if handler is None:
+            op = str(request.get("op"))
+            handler = self._handlers.get(op)
+            input_handler = self._input_handlers.get(op)
+            if handler is not None:
+                final = handler(request, send)
+            elif input_handler is not None:
+                client_input = ClientInput(rfile, sock)
+                final = input_handler(request, send, client_input)
+            else:
                 raise ClawdenError(f"unknown request {request.get('op')!r}", "upgrade the CLI")
-            final = handler(request, send)
             final["done"] = True
             send(final)
         except ClawdenError as exc:
             send(_error_reply(exc))
         except (json.JSONDecodeError, AttributeError):
             send(_error_reply(ClawdenError("malformed request", "this is a bug; report it")))
-        except BrokenPipeError:
-            pass
+        except (BrokenPipeError, ClientGone):
+            pass  # nobody left to answer
         except Exception as exc:  # noqa: BLE001 — the CLI gets an answer, the log the detail
             log.exception("controller request %r failed", line[:200])
             send(
@@ -103,6 +217,9 @@ class RpcServer:
                     )
                 )
             )
+        finally:
+            if client_input is not None:
+                client_input.close()
 
 
 def _connect(path: Path, timeout: float | None) -> socket.socket:
@@ -119,11 +236,23 @@ def _connect(path: Path, timeout: float | None) -> socket.socket:
     return sock
 
 
-def stream(path: Path, request: dict[str, Any], timeout: float | None = None) -> Iterator[Reply]:
-    """Send one request; yield every reply line; raise the controller's error, if any."""
+def stream(
+    path: Path,
+    request: dict[str, Any],
+    timeout: float | None = None,
+    send_input: Iterable[bytes] | None = None,
+) -> Iterator[Reply]:
+    """Send one request; yield every reply line; raise the controller's error, if any.
+
+    ``send_input`` (for an op that takes input) is sent after the request, on
+    a thread, as ``stdin`` lines and then ``stdin_eof``, while the replies are
+    read; it stops quietly when the controller stops reading.
+    """
     sock = _connect(path, timeout)
     with sock, sock.makefile("rb") as rfile:
         sock.sendall(json.dumps(request).encode() + b"\n")
+        if send_input is not None:
+            threading.Thread(target=_send_input, args=(sock, send_input), daemon=True).start()
         while True:
             line = rfile.readline()
             if not line:
@@ -138,6 +267,17 @@ def stream(path: Path, request: dict[str, Any], timeout: float | None = None) ->
             yield reply
             if reply.get("done"):
                 return
+
+
+def _send_input(sock: socket.socket, chunks: Iterable[bytes]) -> None:
+    try:
+        for chunk in chunks:
+            if chunk:
+                line = json.dumps({"stdin": encode_chunk(chunk)}).encode() + b"\n"
+                sock.sendall(line, _NO_SIGPIPE)
+        sock.sendall(b'{"stdin_eof": true}\n', _NO_SIGPIPE)
+    except OSError:
+        pass  # the controller closed the connection: the command needs no more
 
 
 def call(path: Path, request: dict[str, Any], timeout: float | None = 30) -> Reply:

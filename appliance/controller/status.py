@@ -9,9 +9,9 @@ from typing import Any
 
 from appliance.controller import rpc
 from appliance.controller.context import Context
+from appliance.controller.domains import find_domain
 from appliance.controller.guestfiles import ClawFiles
 from appliance.core.errors import ClawdenError, Unavailable
-from appliance.core.model import domain_name
 from appliance.core.quotas import APPROVAL_WINDOW, DEFAULT_QUOTAS, MAX_CLAW_JOBS, Quotas
 from appliance.core.textsafe import printable
 from appliance.llm.config import load_llm_config
@@ -38,11 +38,13 @@ def _allocated_mib(path: Path) -> str:
 def claw_status_lines(ctx: Context, name: str) -> Iterator[str]:
     claw = ctx.claws.require(name)
     files = ClawFiles.for_claw(ctx.settings, name)
-    dom = domain_name(name)
-    state = ctx.hypervisor.state(dom)
+    domain = find_domain(ctx, name)
+    dom, state = domain.name, domain.state
     yield f"claw:      {claw.name}  (member {printable(claw.member)})"
     yield f"desired:   {claw.state.value}"
     yield f"domain:    {dom}: {state.value if state else 'not defined'}"
+    if domain.legacy:
+        yield "           (its name from before installation tags: renamed when it next stops)"
     yield f"resources: {claw.vcpus} vCPU, {claw.memory_mib} MiB"
     pid = ctx.hypervisor.pid(dom) if state is not None else None
     if pid is not None:

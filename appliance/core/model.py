@@ -85,9 +85,35 @@ class Claw:
     created_at: str
 
 
-def domain_name(claw_name: str) -> str:
-    """The libvirt domain that runs a claw; the prefix lets reconcile find orphans."""
-    return f"clawden-{claw_name}"
-
-
+# Every claw domain of every installation starts with this. The accelerator
+# probe names its throw-away domains ``clawdenprobe-*`` so they never match.
 DOMAIN_PREFIX = "clawden-"
+_TAG_RE = re.compile(r"^[0-9a-f]{8}$")
+
+
+def domain_prefix(installation: str) -> str:
+    """The prefix of one installation's claw domains: ``clawden-<installation>-``."""
+    if not _TAG_RE.match(installation):
+        raise ValueError(f"invalid installation tag {installation!r}")  # a bug, not input
+    return f"{DOMAIN_PREFIX}{installation}-"
+
+
+def domain_name(installation: str, claw_name: str) -> str:
+    """The libvirt domain that runs a claw: ``clawden-<installation>-<claw>``.
+
+    ``installation`` is the installation's tag (``Settings.installation_tag``,
+    eight hex digits), so two installations on one libvirt can each have a
+    claw called ``alice``; the prefix lets reconcile find its orphans. At most
+    8 + 9 + 24 = 41 characters, well within libvirt's limits.
+    """
+    return f"{domain_prefix(installation)}{claw_name}"
+
+
+def legacy_domain_name(claw_name: str) -> str:
+    """The name a claw's domain had before installation tags: ``clawden-<claw>``.
+    Reconcile renames such a domain (when it is ours and not running)."""
+    return f"{DOMAIN_PREFIX}{claw_name}"
+
+
+def is_claw_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))

@@ -53,6 +53,13 @@ class Hypervisor(Protocol):
     def undefine(self, name: str) -> None:
         """Remove the domain definition. No-op if it is not defined."""
 
+    def rename(self, name: str, new_name: str) -> None:
+        """Rename a defined, inactive domain; its UUID, definition and disks
+        stay. A no-op when ``name`` is gone and ``new_name`` is defined (the
+        rename already happened; callers check the UUID). ``Conflict`` when the
+        domain is active or ``new_name`` is taken, ``NotFound`` when neither
+        name is defined."""
+
     def state(self, name: str) -> DomainState | None:
         """The domain's state, or ``None`` when no such domain is defined."""
 

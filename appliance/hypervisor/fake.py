@@ -9,7 +9,7 @@ button unless told otherwise, so tests can exercise the force-off path too.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from appliance.core.domain import DomainSpec
 from appliance.core.errors import Conflict, HypervisorError, NotFound, Unavailable
@@ -146,6 +146,33 @@ class FakeHypervisor:
                 )
             del self.domains[name]
             self.pids.pop(name, None)
+
+    def rename(self, name: str, new_name: str) -> None:
+        with self._lock:
+            self._check("rename", name)
+            dom = self.domains.get(name)
+            if dom is None:
+                if new_name in self.domains:
+                    return  # renamed already
+                raise NotFound(
+                    f"domain {name!r} is not defined",
+                    "define it first (`clawden reconcile` recreates missing domains)",
+                )
+            if dom.state in (DomainState.RUNNING, DomainState.PAUSED):
+                raise Conflict(
+                    f"domain {name!r} is running: libvirt renames only inactive domains",
+                    "stop the claw first (`clawden claw stop NAME`), then retry",
+                )
+            if new_name in self.domains:
+                raise Conflict(
+                    f"cannot rename {name!r}: a domain named {new_name!r} exists",
+                    f"undefine the other domain (`virsh undefine {new_name}`) if it is stale",
+                )
+            dom.spec = replace(dom.spec, name=new_name)
+            dom.xml = render_domain_xml(dom.spec)
+            self.domains[new_name] = self.domains.pop(name)
+            if name in self.pids:
+                self.pids[new_name] = self.pids.pop(name)
 
     def state(self, name: str) -> DomainState | None:
         self._check("state", name)

@@ -257,6 +257,32 @@ class LibvirtHypervisor:
 
         self._on_domain(f"undefine {name}", name, do, lambda: None)
 
+    def rename(self, name: str, new_name: str) -> None:
+        def do(conn: Any) -> None:
+            dom = self._lookup(conn, name)
+            if dom is None:
+                if self._lookup(conn, new_name) is not None:
+                    return  # renamed already (a resumed step)
+                raise NotFound(
+                    f"domain {name!r} is not defined",
+                    "define it first (`clawden reconcile` recreates missing domains)",
+                )
+            if dom.isActive():
+                raise Conflict(
+                    f"domain {name!r} is running: libvirt renames only inactive domains",
+                    "stop the claw first (`clawden claw stop NAME`), then retry",
+                )
+            # Checked first for the same Conflict on every driver (libvirt's
+            # own message and error domain differ between them).
+            if self._lookup(conn, new_name) is not None:
+                raise Conflict(
+                    f"cannot rename {name!r}: a domain named {new_name!r} exists",
+                    f"undefine the other domain (`virsh undefine {new_name}`) if it is stale",
+                )
+            dom.rename(new_name, 0)
+
+        self._call(f"rename {name} to {new_name}", do)
+
     def state(self, name: str) -> DomainState | None:
         def do(dom: Any) -> DomainState | None:
             return _STATES.get(dom.state()[0], DomainState.OTHER)

@@ -17,6 +17,7 @@ what the claw will index.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +147,9 @@ def _tar_opener(tf: tarfile.TarFile, info: tarfile.TarInfo) -> Callable[[], IO[b
     return opener
 
 
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
 def _zip_members(zf: zipfile.ZipFile, limits: SkillLimits) -> list[_Member]:
     infos = zf.infolist()
     _check_count(len(infos), limits)
@@ -159,6 +164,9 @@ def _zip_members(zf: zipfile.ZipFile, limits: SkillLimits) -> list[_Member]:
             raise _refuse(f"member {name} is a device file, FIFO or socket")
         if info.flag_bits & 0x1:
             raise _refuse(f"member {name} is encrypted")
+        if info.compress_type not in _ZIP_METHODS:
+            method = info.compress_type
+            raise _refuse(f"member {name} uses compression method {method}, not supported")
         path = _clean_path(info.filename)
         members.append(_Member(path, info.is_dir(), info.file_size, _zip_opener(zf, info)))
     return members
@@ -270,11 +278,64 @@ def _members_and_stage(source: Path, dest: Path, limits: SkillLimits) -> list[Sk
             return _stage(_validate(_zip_members(zf, limits), limits), dest, limits)
     if tarfile.is_tarfile(source):
         with tarfile.open(source, "r:*") as tf:
-            return _stage(_validate(_tar_members(tf, limits), limits), dest, limits)
+            staged = _stage(_validate(_tar_members(tf, limits), limits), dest, limits)
+            _check_tar_end(tf)
+            return staged
+    if _looks_like_an_archive(source):
+        raise _refuse(
+            "the archive is damaged (it starts like a .zip or .tar archive but cannot be "
+            "read as one: cut short or corrupt)"
+        )
     raise InvalidInput(
         f"{printable(str(source))} is neither a folder nor a .tar, .tar.gz, .tgz or .zip",
         "give the skill's folder or an archive of it",
     )
+
+
+# How much of what follows the last member is checked: the end-of-archive
+# marker (two zero blocks) and the padding to a whole record (10 KiB for GNU
+# tar's default blocking) are far smaller.
+_TAR_TRAILER_BYTES = 1024 * 1024
+
+
+def _check_tar_end(tf: tarfile.TarFile) -> None:
+    """What follows the last member must be the end-of-archive marker: zeros.
+
+    tarfile takes a damaged header for the end of the archive and silently
+    drops every member after it; and it never reads a compressed stream to its
+    end, where gzip keeps its CRC (so a corrupted .tar.gz would unpack altered).
+    Reading the rest, from where tarfile stopped, catches both.
+    """
+    stream = tf.fileobj
+    assert stream is not None  # an open TarFile has one
+    stream.seek(tf.offset)
+    left = _TAR_TRAILER_BYTES
+    while left > 0 and (chunk := stream.read(min(left, 64 * 1024))):
+        if chunk.strip(b"\0"):
+            raise _refuse(
+                "the archive is damaged (a member header is corrupt; what follows is unreadable)"
+            )
+        left -= len(chunk)
+
+
+# Leading bytes of zip, gzip, bzip2 and xz files, and tar's "ustar" at 257.
+_MAGIC = (b"PK\x03\x04", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
+def _looks_like_an_archive(source: Path) -> bool:
+    with source.open("rb") as f:
+        head = f.read(262)
+    return head.startswith(_MAGIC) or head[257:262] == b"ustar"
+
+
+def _damaged(exc: BaseException, source: Path) -> bool:
+    """Whether ``exc`` means the archive's bytes are bad (not, say, a full disk)."""
+    decoding = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError)
+    if isinstance(exc, decoding):
+        return True
+    # gzip and bz2 report bad data as an OSError without an errno; a real
+    # I/O error (no space, no permission) has one.
+    return isinstance(exc, OSError) and exc.errno is None and not source.is_dir()
 
 
 def prepare_skill(
@@ -313,11 +374,10 @@ def prepare_skill(
         return PreparedSkill(
             info.name, info.description, info.requires, files, digest, dest, source
         )
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+    except BaseException as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        raise _refuse(f"the archive is damaged ({exc})") from exc
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
+        if _damaged(exc, source):
+            raise _refuse(f"the archive is damaged ({exc})") from exc
         raise
 
 

@@ -1,4 +1,5 @@
-"""Lifecycle against real VMs: persistence, destroy, refusals, bad input, resumability."""
+"""Lifecycle against real VMs: persistence, destroy, refusals, bad input, resumability,
+two installations on one libvirtd, and claws from before installation tags."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ import subprocess
 import time
 from pathlib import Path
 
+import libvirt
 import pytest
 
-from tests.integration.conftest import Env, env_for, make_home
+from appliance.config import Settings
+from appliance.core.model import domain_name, legacy_domain_name
+from tests.integration.conftest import (
+    URI,
+    Env,
+    _cleanup_home,
+    _link_image_cache,
+    env_for,
+    make_home,
+)
 from tests.support.local_sshd import mint_ed25519
 
 pytestmark = pytest.mark.integration
@@ -18,12 +29,17 @@ pytestmark = pytest.mark.integration
 
 def _virsh_domains() -> list[str]:
     out = subprocess.run(
-        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        ["virsh", "-c", URI, "list", "--all", "--name"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _domain(env: Env, claw: str) -> str:
+    """The claw's libvirt domain in that installation: ``clawden-<tag>-<claw>``."""
+    return domain_name(Settings.from_env(env.env).installation_tag, claw)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -109,7 +125,7 @@ def test_tampered_golden_image_is_refused(clawden_env: Env, controller: object) 
         proc = env.run("claw", "create", "mallory", "--member", "M", "--no-wait", check=False)
         line = _one_line_error(proc)
         assert "sha256" in line and "clawden image build --force" in line
-        assert "clawden-mallory" not in _virsh_domains()
+        assert _domain(env, "mallory") not in _virsh_domains()
         assert "no claws" in env.run("claw", "list").stdout
         assert "image.refused" in env.run("audit", "list").stdout
     finally:
@@ -183,7 +199,7 @@ def test_killed_create_and_destroy_are_completed_by_reconcile(
     assert "operation: create" in status
     clawden_env.run("reconcile")
     assert "running" in clawden_env.run("claw", "status", "carol").stdout
-    assert "clawden-carol" in _virsh_domains()
+    assert _domain(clawden_env, "carol") in _virsh_domains()
 
     _kill_at(clawden_env, ("claw", "destroy", "carol", "--yes"), "destroy carol: undefine")
     clawden_env.run("reconcile")
@@ -200,7 +216,7 @@ def test_destroy_leaves_no_domain_disk_key_or_socket(
 
 
 def _assert_gone(env: Env, claw: str) -> None:
-    assert f"clawden-{claw}" not in _virsh_domains()
+    assert _domain(env, claw) not in _virsh_domains()
     assert not (env.home / "claws" / claw).exists()
     with sqlite3.connect(env.home / "clawden.db") as conn:
         assert conn.execute("select count(*) from keys where claw=?", (claw,)).fetchone() == (0,)
@@ -208,3 +224,75 @@ def _assert_gone(env: Env, claw: str) -> None:
     conn.close()
     assert not list(Path(env.home).rglob(f"*{claw}*.sock"))
     assert "no claw named" in env.run("claw", "status", claw, check=False).stderr
+
+
+def _second_home(session: Env, prefix: str) -> Env:
+    """Another installation on the same libvirtd, sharing the built image and
+    the accelerator verdict (so no probe boot)."""
+    home = make_home(prefix)
+    _link_image_cache(home)
+    verdict = session.home / "accelerator.json"
+    if verdict.exists():
+        shutil.copy2(verdict, home / "accelerator.json")
+    return Env(home, env_for(home))
+
+
+def test_two_installations_each_create_and_destroy_alice(clawden_env: Env) -> None:
+    # Two CLAWDEN_HOMEs (say, the appliance and a test run) on one libvirtd,
+    # each with a claw called alice. No controller and no waiting for the
+    # channel: this is about domains, so the VMs need not finish booting.
+    one = _second_home(clawden_env, "clawden-one-")
+    two = _second_home(clawden_env, "clawden-two-")
+    try:
+        ones, twos = _domain(one, "alice"), _domain(two, "alice")
+        assert ones != twos
+        one.run("claw", "create", "alice", "--member", "Alice", "--no-wait")
+        two.run("claw", "create", "alice", "--member", "Other Alice", "--no-wait")
+        assert {ones, twos} <= set(_virsh_domains())
+        assert f"domain:    {ones}: running" in one.run("claw", "status", "alice").stdout
+        assert f"domain:    {twos}: running" in two.run("claw", "status", "alice").stdout
+        # Neither reconcile takes the other's alice for an orphan (or its own).
+        for env in (one, two):
+            assert "nothing to do" in env.run("reconcile").stdout
+        one.run("claw", "destroy", "alice", "--yes")
+        domains = _virsh_domains()
+        assert ones not in domains and twos in domains
+        assert f"domain:    {twos}: running" in two.run("claw", "status", "alice").stdout
+        two.run("claw", "destroy", "alice", "--yes")
+        assert twos not in _virsh_domains()
+    finally:
+        _cleanup_home(one)
+        _cleanup_home(two)
+
+
+def test_a_claw_from_before_installation_tags_is_renamed_by_reconcile(clawden_env: Env) -> None:
+    # A claw as an older clawden left it: domain `clawden-dora`, same UUID and
+    # definition, shut off. Reconcile renames it (audited) and starts it again.
+    env = _second_home(clawden_env, "clawden-old-")
+    conn = libvirt.open(URI)
+    try:
+        env.run("claw", "create", "dora", "--member", "Dora", "--no-wait")
+        tagged, old = _domain(env, "dora"), legacy_domain_name("dora")
+        dom = conn.lookupByName(tagged)
+        uuid = dom.UUIDString()
+        dom.destroy()
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        dom.undefine()
+        conn.defineXML(xml.replace(f"<name>{tagged}</name>", f"<name>{old}</name>"))
+        data = env.home / "claws" / "dora" / "data.qcow2"
+        inode = data.stat().st_ino
+
+        out = env.run("reconcile").stdout
+        assert "renamed 1" in out and "restarted 1" in out, out
+        domains = _virsh_domains()
+        assert tagged in domains and old not in domains
+        assert conn.lookupByName(tagged).UUIDString() == uuid
+        assert f"domain:    {tagged}: running" in env.run("claw", "status", "dora").stdout
+        assert "claw.domain_renamed" in env.run("audit", "list").stdout
+        assert data.stat().st_ino == inode
+        assert "nothing to do" in env.run("reconcile").stdout
+        env.run("claw", "destroy", "dora", "--yes")
+        assert tagged not in _virsh_domains()
+    finally:
+        conn.close()
+        _cleanup_home(env)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from appliance.core.llm_policy import period_start
 from appliance.llm.scripted import ScriptedModelServer
+from appliance.store import open_db
 from appliance.store.tx import from_iso, to_iso, utc_now
+from appliance.store.usage import UsageRepository
 from tests.integration.conftest import Env, RunningController, scripted_llm
 
 pytestmark = pytest.mark.integration
@@ -190,20 +193,49 @@ def test_a_heartbeat_with_a_task_uses_a_tool_memory_and_messages(
     assert _out_messages(clawden_env) == before
 
 
+def _utc_day() -> datetime:
+    """The start of today as the gateway counts budgets (its clock: UTC now)."""
+    return period_start(datetime.now(UTC), "day")
+
+
+def _spend_today(env: Env, tokens: int) -> None:
+    """Record ``tokens`` of alice's spending now, as the gateway records a
+    call: the same repository, the same clock. (The controller has the store
+    open too; SQLite serialises the two writers.)"""
+    db = open_db(env.home / "clawden.db")
+    try:
+        UsageRepository(db).record(
+            CLAW, "budget-test", prompt_tokens=tokens, note="spent by the budget test"
+        )
+    finally:
+        db.close()
+
+
 def test_budget_exhaustion_is_a_clear_reply_and_the_next_day_resumes(
     clawden_env: Env, two_claws: tuple[str, str]
 ) -> None:
     answer = {"steps": [{"name": "answer", "repeat": True, "reply": {"content": "Hello again!"}}]}
-    # alice has spent tokens today already (earlier tests): a 10-token day is used up.
-    policy = "[policy]\ndaily_tokens = 10\n"
+    policy = "[policy]\ndaily_tokens = 1000\n"
     with scripted_llm(clawden_env, answer, policy=policy) as upstream:
-        proc = clawden_env.run("claw", "say", CLAW, "are you there?", "--timeout", "600")
-        assert "daily budget of 10 tokens" in proc.stdout
+        # The day's budget, used up here (not by whatever earlier tests spent).
+        # If midnight UTC passes between spending and asking, the spending
+        # became yesterday's and the call may go through: once more, then.
+        for _attempt in range(2):
+            day, chats_before = _utc_day(), len(_chats(upstream))
+            _spend_today(clawden_env, 1000)
+            proc = clawden_env.run("claw", "say", CLAW, "are you there?", "--timeout", "600")
+            if _utc_day() == day:
+                break
+        else:
+            raise AssertionError("the UTC day changed during both attempts")
+        assert "daily budget of 1000 tokens" in proc.stdout, proc.stdout + proc.stderr
         assert "status budget" in proc.stderr
-        assert _chats(upstream) == []  # refused by the gateway, before the upstream
+        # Refused by the gateway, before the upstream.
+        assert len(_chats(upstream)) == chats_before
 
         # The agent survived: the same claw answers once the period rolls
-        # over (simulated by moving today's usage into yesterday).
+        # over (simulated by moving all of alice's usage a day back, so none
+        # is today's — also if midnight passes in between).
         db = _db(clawden_env)
         try:
             for row in db.execute("SELECT id, ts FROM llm_calls WHERE claw = ?", (CLAW,)):
@@ -214,7 +246,7 @@ def test_budget_exhaustion_is_a_clear_reply_and_the_next_day_resumes(
             db.close()
         proc = clawden_env.run("claw", "say", CLAW, "and now?", "--timeout", "600")
         assert proc.stdout.strip() == "Hello again!"
-        assert len(_chats(upstream)) == 1
+        assert len(_chats(upstream)) == chats_before + 1
 
 
 def test_restarts_lose_no_schedule_message_or_memory(

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +121,32 @@ def test_rpc_serves_concurrent_clients(server: Path) -> None:
     assert results == [{"exit": 3, "done": True}] * 8
 
 
+def test_clients_queue_while_the_controller_is_busy_accepting(tmp_path: Path) -> None:
+    # The deterministic form of the test above: nobody accepts yet (the serving
+    # thread is not started), as when the controller is slow under load.
+    path = tmp_path / "c.sock"
+    srv = rpc.RpcServer(path, {"ping": lambda r, s: {}})
+    waiting: list[socket.socket] = []
+    try:
+        try:
+            for _ in range(32):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                waiting.append(sock)
+                sock.settimeout(10)
+                sock.connect(str(path))  # EAGAIN here read as "controller not running"
+        finally:
+            srv.start()  # (close() waits for the serving loop: it must be running)
+        for sock in waiting:
+            sock.sendall(b'{"op": "ping"}\n')
+        for sock in waiting:
+            with sock.makefile("rb") as replies:
+                assert json.loads(replies.readline()) == {"done": True}
+    finally:
+        for sock in waiting:
+            sock.close()
+        srv.close()
+
+
 def test_printable_defuses_terminal_escapes() -> None:
     hostile = "ok\x1b]0;pwned\x07\x1b[2J\r\x9bdone\n\ttab"
     shown = printable(hostile)
@@ -122,3 +155,89 @@ def test_printable_defuses_terminal_escapes() -> None:
     assert shown.endswith("done\n\ttab")
     assert "\\x1b]0;pwned" in shown
     assert printable("Zoë — ünïcode") == "Zoë — ünïcode"
+
+
+def test_rpc_input_lines_reach_an_input_handler_and_a_hang_up_is_noticed(tmp_path: Path) -> None:
+    path = tmp_path / "i.sock"
+    gone = threading.Event()
+
+    def collect(
+        req: dict[str, Any], send: Callable[[rpc.Reply], None], stdin: rpc.ClientInput
+    ) -> rpc.Reply:
+        data = bytearray()
+        while True:
+            try:
+                chunk = stdin.read_nowait()
+            except rpc.ClientGone:
+                gone.set()
+                raise
+            if chunk is None:
+                return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            data += chunk
+            if not chunk:
+                time.sleep(0.005)
+
+    srv = rpc.RpcServer(
+        path, {"ping": lambda r, s: {"pong": 1}}, input_handlers={"collect": collect}
+    )
+    srv.start()
+    try:
+        data = os.urandom(3 * 2**20)  # far more than the controller holds at once
+        chunks = (data[i : i + rpc.INPUT_CHUNK] for i in range(0, len(data), rpc.INPUT_CHUNK))
+        replies = list(rpc.stream(path, {"op": "collect"}, send_input=chunks))
+        digest = hashlib.sha256(data).hexdigest()
+        assert replies == [{"sha256": digest, "size": len(data), "done": True}]
+        assert list(rpc.stream(path, {"op": "collect"}, send_input=[])) == [
+            {"sha256": hashlib.sha256(b"").hexdigest(), "size": 0, "done": True}
+        ]
+        # A client that hangs up before the end of its input: the handler hears it.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.connect(str(path))
+            raw.sendall(b'{"op": "collect"}\n{"stdin": "aGk="}\n')
+        assert gone.wait(10)
+        assert rpc.call(path, {"op": "ping"}) == {"pong": 1, "done": True}
+    finally:
+        srv.close()
+
+
+_SPEWING_CONTROLLER = r"""
+import signal, sys, time
+from pathlib import Path
+from appliance.controller import rpc
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as `clawden serve` has it (cli.main)
+def spew(req, send):
+    for _ in range(3000):
+        send({"stdout": rpc.encode_chunk(b"x" * 1000)})
+        time.sleep(0.001)
+    return {"exit": 0}
+srv = rpc.RpcServer(Path(sys.argv[1]), {"spew": spew, "ping": lambda r, s: {}})
+srv.start()
+print("up", flush=True)
+sys.stdin.read()  # until the test is done
+print("survived", flush=True)
+"""
+
+
+def test_a_client_hanging_up_mid_output_does_not_kill_the_controller(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SPEWING_CONTROLLER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))
+            client.sendall(b'{"op": "spew"}\n')
+            assert client.recv(100)  # output is flowing; now hang up (`| head -c 1`)
+        time.sleep(1)
+        assert rpc.call(path, {"op": "ping"}, timeout=10) == {"done": True}
+        out, _ = proc.communicate("", timeout=10)
+        assert (proc.returncode, out) == (0, "survived\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -7,10 +7,14 @@ mode chosen by its argument.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
+import os
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,9 +38,9 @@ from appliance.controller.delivery import (
 )
 from appliance.controller.heartbeat_source import MAX_HEARTBEAT_BYTES, ChannelHeartbeatSource
 from appliance.core.domain import Accelerator
-from appliance.core.errors import InvalidInput, Unavailable
+from appliance.core.errors import ClawdenError, InvalidInput, NotFound, Unavailable
 from appliance.core.messages import MAX_TEXT_BYTES
-from appliance.core.model import Claw, ClawState
+from appliance.core.model import Claw, ClawState, domain_name, legacy_domain_name
 from appliance.core.ports import AcceleratorChoice, DomainState
 from appliance.core.schedule import CreatedBy, Job, JobKind
 from appliance.hypervisor.fake import FakeHypervisor
@@ -405,3 +409,211 @@ def test_heartbeat_source_passes_on_an_unreachable_claw() -> None:
 
     with pytest.raises(Unavailable, match="stopped"):
         ChannelHeartbeatSource(nowhere).read("alice")
+
+
+# ---- the controller's exec op: stdin and options, through the real RPC ----------
+def _run_exec(
+    sock: Path, argv: list[str], chunks: Iterable[bytes] | None = None, **extra: object
+) -> tuple[int, bytes]:
+    request = {"op": "exec", "claw": "alice", "argv": argv, "timeout": 30, "wait": 30}
+    request.update(extra)
+    if chunks is not None:
+        request["stdin"] = True
+    out = bytearray()
+    code = None
+    for reply in rpc.stream(sock, request, send_input=chunks):
+        if "stdout" in reply:
+            out += rpc.decode_chunk(reply["stdout"])
+        code = reply.get("exit", code)
+    assert isinstance(code, int)
+    return code, bytes(out)
+
+
+def test_exec_op_streams_stdin_to_the_command(
+    controller: _HarnessController, tmp_path: Path
+) -> None:
+    sock = tmp_path / "home" / "run" / "controller.sock"
+    data = hashlib.sha256(b"seed").digest() * (3 * 2**20 // 32)  # 3 MiB: many chunks and windows
+    chunks = (data[i : i + 50_000] for i in range(0, len(data), 50_000))
+    code, out = _run_exec(sock, ["cat"], chunks)
+    assert code == 0 and out == data
+    code, out = _run_exec(sock, ["sh", "-c", "cat; echo end"], iter([b"one ", b"two\n"]))
+    assert (code, out) == (0, b"one two\nend\n")
+
+
+def test_exec_op_without_stdin_gives_the_command_an_empty_input(
+    controller: _HarnessController, tmp_path: Path
+) -> None:
+    sock = tmp_path / "home" / "run" / "controller.sock"
+    assert _run_exec(sock, ["cat"]) == (0, b"")  # EOF at once: `cat` does not wait
+    assert _run_exec(sock, ["wc", "-c"], stdin=False) == (0, b"0\n")
+
+
+def test_exec_op_stops_taking_input_the_command_no_longer_reads(
+    controller: _HarnessController, tmp_path: Path
+) -> None:
+    sock = tmp_path / "home" / "run" / "controller.sock"
+    started = time.monotonic()
+    code, out = _run_exec(sock, ["head", "-c", "5"], itertools.repeat(b"x" * 65536))
+    assert (code, out) == (0, b"xxxxx")
+    assert time.monotonic() - started < 20
+
+
+def _cli_exec(
+    home: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], stdin: object | None = None
+) -> int:
+    from appliance.cli import main
+
+    monkeypatch.setenv("CLAWDEN_HOME", str(home))
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", stdin)
+    return main(["claw", "exec", *argv])
+
+
+def test_exec_cli_forwards_piped_stdin(
+    controller: _HarnessController,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # echo hi | clawden claw exec alice -- cat
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"hi\n")
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as piped:
+        assert _cli_exec(tmp_path / "home", monkeypatch, ["alice", "--", "cat"], piped) == 0
+    assert capsys.readouterr().out == "hi\n"
+
+
+def test_exec_cli_forwards_nothing_from_a_terminal(
+    controller: _HarnessController,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    primary, secondary = os.openpty()
+    os.write(primary, b"typed ahead\n")  # never forwarded: the command's stdin is empty
+    try:
+        with os.fdopen(secondary, "rb") as tty:
+            assert os.isatty(tty.fileno())
+            code = _cli_exec(tmp_path / "home", monkeypatch, ["alice", "--", "wc", "-c"], tty)
+        assert code == 0
+        assert capsys.readouterr().out == "0\n"
+    finally:
+        os.close(primary)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["alice", "--timeout", "1", "--", "sleep", "10"],
+        ["--timeout", "1", "alice", "--", "sleep", "10"],
+        ["alice", "--timeout=1", "--", "sleep", "10"],
+    ],
+)
+def test_exec_cli_takes_timeout_before_or_after_the_name(
+    controller: _HarnessController,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    started = time.monotonic()
+    assert _cli_exec(tmp_path / "home", monkeypatch, argv) != 0
+    assert time.monotonic() - started < 8
+    err = capsys.readouterr().err
+    assert "did not finish within 1 s" in err and err.startswith("error: ")
+
+
+def test_exec_cli_passes_option_like_arguments_after_the_separator_to_the_command(
+    controller: _HarnessController,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    home = tmp_path / "home"
+    argv = ["alice", "--timeout", "20", "--", "echo", "--timeout", "5", "--"]
+    assert _cli_exec(home, monkeypatch, argv) == 0
+    assert capsys.readouterr().out == "--timeout 5 --\n"
+    assert _cli_exec(home, monkeypatch, ["alice", "--", "echo", "--timeout"]) == 0
+    assert capsys.readouterr().out == "--timeout\n"
+    assert _cli_exec(home, monkeypatch, ["alice", "echo", "-n", "plain"]) == 0  # no `--`, as ever
+    assert capsys.readouterr().out == "plain"
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["alice", "--timeout", "5", "sleep", "1"], "must be followed by `--`"),
+        (["alice", "--bogus", "--", "true"], "unknown option(s) before `--`: --bogus"),
+        (["alice", "--timeout", "soon", "--", "true"], "invalid float value: 'soon'"),
+        (["alice", "--timeout", "5", "--"], "no command given"),
+    ],
+)
+def test_exec_cli_option_mistakes_are_one_line_errors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    words: str,
+) -> None:
+    assert _cli_exec(tmp_path / "home", monkeypatch, argv) == InvalidInput.exit_code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]
+
+
+# ---- the controller's connection lookup ------------------------------------------
+class _CountingHypervisor(FakeHypervisor):
+    """Every claw's domain runs except dave's; every state query is recorded."""
+
+    def state(self, name: str) -> DomainState | None:
+        self._check("state", name)
+        return None if name.endswith("-dave") else DomainState.RUNNING
+
+
+def test_a_connection_lookup_asks_about_that_one_claw_only(tmp_path: Path, sshd: LocalSshd) -> None:
+    settings = Settings(home=tmp_path / "home", libvirt_uri="fake:///")
+    settings.ensure_dirs()
+    db = open_db(settings.db_path)
+    hv = _CountingHypervisor()
+    ctx = Context(
+        settings=settings,
+        store=Store(db),
+        hypervisor=hv,
+        pick_accelerator=lambda k, i: AcceleratorChoice(Accelerator.TCG, "test"),
+        actor="controller",
+    )
+    for name in ("alice", "bob", "carol", "dave"):
+        ctx.claws.add(Claw(name, name.title(), ClawState.RUNNING, "img", 1, 512, "2026-01-01"))
+    ctx.claws.add(Claw("erin", "Erin", ClawState.STOPPED, "img", 1, 512, "2026-01-01"))
+    _HarnessController.sshd = sshd
+    # Not run(): no main loop syncing every claw in the background.
+    ctl = _HarnessController(lambda: ctx, ServiceRegistry(), say=lambda line: None)
+    try:
+        conn, ready = ctl._ready_connection("alice", 30)
+        assert ready and conn is ctl.channels.get("alice")
+        assert ctl.transport_for("alice").is_active()
+        alice = domain_name(settings.installation_tag, "alice")
+        assert hv.calls and set(hv.calls) == {("state", alice)}
+        assert ctl.channels.claws() == ["alice"]
+
+        # The same answers as before for everything that is not a ready claw.
+        hv.calls.clear()
+        with pytest.raises(NotFound, match="no claw named 'zed'"):
+            ctl._connection("zed")
+        with pytest.raises(ClawdenError, match="claw 'erin' is stopped"):
+            ctl._connection("erin")
+        with pytest.raises(NotFound, match="claw 'dave' is not running in libvirt"):
+            ctl._connection("dave")
+        started = time.monotonic()
+        assert ctl._ready_connection("dave", 0.5) == (None, False)
+        assert time.monotonic() - started >= 0.5  # it waited, polling gently
+        assert {name for _, name in hv.calls} == {
+            domain_name(settings.installation_tag, "dave"),
+            legacy_domain_name("dave"),  # a claw from before tags would be found there
+        }
+        assert ctl.channels.claws() == ["alice"]
+    finally:
+        ctl.channels.close()
+        ctl._rpc._server.server_close()
+        db.close()

@@ -162,8 +162,7 @@ def test_probe_xml_ends_on_reboot() -> None:
     assert not spec.name.startswith("clawden-")  # the controller's prefix
 
 
-def _validate(xml: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "domain.xml"
+def _validate(xml: str, path: Path) -> subprocess.CompletedProcess[str]:
     path.write_text(xml)
     return subprocess.run(
         ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False
@@ -191,12 +190,29 @@ def _validate(xml: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_valid_against_libvirt_schema(xml: str, tmp_path: Path) -> None:
-    result = _validate(xml, tmp_path)
+    path = tmp_path / "domain.xml"
+    result = _validate(xml, path)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{path} validates" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("virt-xml-validate") is None, reason="needs virt-xml-validate")
 def test_schema_check_can_fail(tmp_path: Path) -> None:
-    # Guards the test above: the validator really rejects a broken domain.
-    broken = render_domain_xml(claw_spec()).replace("<on_crash>destroy", "<on_crash>explode")
-    assert _validate(broken, tmp_path).returncode != 0
+    # Guards the test above: the validator really runs, passes a good domain
+    # and rejects a broken one *for the broken element* — a validator that
+    # cannot run at all (no schema, no xmllint, no file) exits non-zero too.
+    good = render_domain_xml(claw_spec())
+    broken = good.replace("<on_crash>destroy", "<on_crash>explode")
+    assert broken != good
+    ok_path, bad_path = tmp_path / "good.xml", tmp_path / "broken.xml"
+    ok = _validate(good, ok_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"{ok_path} validates" in ok.stderr
+
+    bad = _validate(broken, bad_path)
+    out = bad.stdout + bad.stderr
+    assert bad.returncode == 3, out  # xmllint's exit status for "document invalid"
+    assert f"{bad_path} fails to validate" in out
+    assert any(
+        "Relax-NG validity error" in line and "on_crash" in line for line in out.splitlines()
+    ), out

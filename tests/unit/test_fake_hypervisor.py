@@ -33,6 +33,7 @@ CALLS: list[Callable[[FakeHypervisor], object]] = [
     lambda hv: hv.force_off("clawdentest-a"),
     lambda hv: hv.undefine("clawdentest-a"),
     lambda hv: hv.state("clawdentest-a"),
+    lambda hv: hv.rename("clawdentest-a", "clawdentest-b"),
     lambda hv: hv.list_domains("clawdentest-"),
     lambda hv: hv.pid("clawdentest-a"),
 ]

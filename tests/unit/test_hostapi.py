@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paramiko
@@ -26,8 +27,10 @@ from appliance.app import service_registry
 from appliance.channel.forwarding import ClawIdentity, ForwardedService, ServiceRegistry
 from appliance.channel.transport import ChannelTarget, open_transport
 from appliance.config import Settings
+from appliance.core.errors import Conflict
 from appliance.core.model import Claw, ClawState
 from appliance.guest.hostapi import Approval, HostApiError, HttpHostApi
+from appliance.guest.tools import ToolContext, default_toolbox
 from appliance.schedule.jobs import ensure_heartbeat
 from appliance.services.egress_stub import CODE, REASON, egress_stub_service
 from appliance.services.hostapi import host_api_service
@@ -187,6 +190,35 @@ def test_a_claw_waits_for_its_admin_and_sees_the_decision(
     assert raw == {"id": approval_id, "status": "denied", "reason": "not today"}
     with pytest.raises(HostApiError, match="newline or other control character"):
         alice.request_approval("email.send\nrm -rf /", "x", 10)
+
+
+def test_an_approval_nobody_decides_expires_and_the_claw_is_told(
+    two_claws: tuple[HttpHostApi, HttpHostApi], db: Database, tmp_path: Path
+) -> None:
+    # The claw's own tool, over the real client and channel, with the shortest
+    # timeout there is (10 s; the host clamps to it too). Nobody decides.
+    alice, _ = two_claws
+    box = default_toolbox(ToolContext(tmp_path, alice, lambda: datetime.now(UTC)))
+    asked = {"action": "email.send", "details": "to grandma", "timeout_s": 10}
+    started = time.monotonic()
+    said = box.run("request_approval", json.dumps(asked))
+    waited = time.monotonic() - started
+    [approval] = ApprovalRepository(db).list("alice", pending_only=False)
+    assert approval.status == "expired" and approval.decided_by is None
+    assert approval.expires_at - approval.created_at == timedelta(seconds=10)
+    # What the model reads: the host's expiry, said as such — not the claw
+    # giving up on its own clock ("timeout"), and not an error.
+    assert said == (
+        f"approval {approval.id} for 'email.send': NOT approved (expired): "
+        "no decision before it expired"
+    )
+    assert waited >= 9.0  # it really waited for the decision it never got
+    # Asking again gets the same answer; a late decision by the admin is refused.
+    raw = alice._call("POST", "/v1/approvals/wait", {"id": approval.id, "wait_s": 1})
+    expired = {"id": approval.id, "status": "expired", "reason": "no decision before it expired"}
+    assert raw == expired
+    with pytest.raises(Conflict, match=f"approval {approval.id} is already expired"):
+        ApprovalRepository(db).decide(approval.id, True, by="cli")
 
 
 def test_malformed_bodies_get_a_json_error(

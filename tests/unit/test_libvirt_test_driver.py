@@ -162,6 +162,47 @@ def test_shutdown_forces_off_a_guest_that_cannot_answer(backend: Backend, tmp_pa
     assert hv.state(spec.name) is DomainState.SHUTOFF
 
 
+def test_rename_keeps_the_uuid_and_definition_and_repeats_safely(
+    backend: Backend, tmp_path: Path
+) -> None:
+    hv, spec = backend.hv, make_spec(tmp_path)
+    hv.define(spec)
+    new = f"{PREFIX}renamed-{uuid.uuid4().hex[:8]}"
+    hv.rename(spec.name, new)
+    assert hv.state(spec.name) is None
+    assert hv.state(new) is DomainState.SHUTOFF
+    assert hv.uuid(new) == spec.uuid
+    assert hv.list_domains(PREFIX) == [new]
+    hv.rename(spec.name, new)  # done already (a resumed step): a no-op
+    assert hv.list_domains(PREFIX) == [new]
+    hv.define(replace(spec, name=new))  # redefining under the new name: same domain
+    hv.start(new)
+    assert hv.state(new) is DomainState.RUNNING
+    hv.force_off(new)
+    hv.undefine(new)
+    assert hv.list_domains(PREFIX) == []
+
+
+def test_rename_refuses_a_running_domain_a_taken_name_and_a_missing_domain(
+    backend: Backend, tmp_path: Path
+) -> None:
+    hv, first, second = backend.hv, make_spec(tmp_path), make_spec(tmp_path)
+    hv.define(first)
+    hv.define(second)
+    hv.start(first.name)
+    with pytest.raises(Conflict) as running:
+        hv.rename(first.name, f"{PREFIX}elsewhere")
+    assert running.value.fix
+    assert hv.state(first.name) is DomainState.RUNNING  # untouched
+    hv.force_off(first.name)
+    with pytest.raises(Conflict):
+        hv.rename(first.name, second.name)
+    assert hv.uuid(first.name) == first.uuid and hv.uuid(second.name) == second.uuid
+    with pytest.raises(NotFound):
+        hv.rename(f"{PREFIX}missing", f"{PREFIX}missing-too")
+    assert sorted(hv.list_domains(PREFIX)) == sorted([first.name, second.name])
+
+
 # -- the real adapter only ----------------------------------------------------
 
 

@@ -3,17 +3,27 @@ the guest, and the host's validation of folders and archives before install."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
+import struct
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from appliance.cli import main
+from appliance.cli import skills as skill_commands
+from appliance.config import Settings
 from appliance.core.errors import InvalidInput
+from appliance.core.model import Claw, ClawState
 from appliance.guest import skills as guest
+from appliance.store import AuditLog, ClawRepository, open_db
+from appliance.store.skills import SkillRepository
 from appliance.workspace import skills as host
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -291,3 +301,288 @@ def test_bad_name_and_unknown_format(tmp_path: Path, staging: Path) -> None:
     with pytest.raises(InvalidInput, match="neither a folder nor"):
         host.prepare_skill("hello", junk)
     assert list(staging.iterdir()) == []
+
+
+# ---- archives that are too big, list a file twice, are damaged or encrypted ------
+# Each is refused with one line saying why, before anything reaches a claw.
+LIMITS = host.SkillLimits(max_files=8, max_file_bytes=1024, max_total_bytes=4096)
+SMALL = replace(LIMITS, max_archive_bytes=16384)  # a plain tar is 10240 bytes at least
+
+
+def _random(n: int) -> bytes:
+    # Incompressible, so a compressed archive keeps it as it is and a flipped
+    # byte there is caught only by the format's own check.
+    return b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(n // 32 + 1))[:n]
+
+
+SKILL = ("SKILL.md", GOOD.encode())
+NOTES = ("notes.txt", b"remember the milk\n" * 20)
+DATA = ("data.bin", _random(900))
+
+
+def _zip(path: Path, members: list[tuple[str, bytes]], method: int = zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", method) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return path
+
+
+def _tar_of(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
+    return _tar(path, [(_file(name), data) for name, data in members], mode)
+
+
+def _patch_zip(
+    path: Path, member: str, *, flags: int = 0, method: int | None = None, size: int | None = None
+) -> Path:
+    """Rewrite one member's fields in both its central and its local header."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        central = zf.start_dir
+        for info in zf.infolist():
+            assert data[central : central + 4] == b"PK\x01\x02"
+            lengths = struct.unpack_from("<HHH", data, central + 28)
+            if info.filename == member:
+                local = info.header_offset
+                # offsets of (flags, method, uncompressed size) in each header
+                for at in ((central + 8, central + 10, central + 24),
+                           (local + 6, local + 8, local + 22)):  # fmt: skip
+                    old_flags = struct.unpack_from("<H", data, at[0])[0]
+                    struct.pack_into("<H", data, at[0], old_flags | flags)
+                    if method is not None:
+                        struct.pack_into("<H", data, at[1], method)
+                    if size is not None:
+                        struct.pack_into("<I", data, at[2], size)
+            central += 46 + sum(lengths)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _zip_data_at(path: Path, member: str) -> int:
+    """Where ``member``'s (compressed) data starts in the zip at ``path``."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        local = zf.getinfo(member).header_offset
+    name_len, extra_len = struct.unpack_from("<HH", data, local + 26)
+    return int(local + 30 + name_len + extra_len)
+
+
+def _cut(path: Path, keep: int) -> Path:
+    path.write_bytes(path.read_bytes()[:keep])
+    return path
+
+
+def _flip(path: Path, start: int, count: int) -> Path:
+    """Corrupt ``count`` bytes from ``start`` (negative: from the end)."""
+    data = bytearray(path.read_bytes())
+    at = start % len(data)
+    for i in range(at, at + count):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return path
+
+
+Maker = Callable[[Path], Path]
+# (id, make the archive in a folder, what the refusal says, needs SMALL limits)
+BAD_ARCHIVES: list[tuple[str, Maker, str, bool]] = []
+
+
+def _bad(message: str, small_limits: bool = False) -> Callable[[Maker], Maker]:
+    def register(make: Maker) -> Maker:
+        BAD_ARCHIVES.append((make.__name__.replace("_", "-"), make, message, small_limits))
+        return make
+
+    return register
+
+
+# -- oversized
+@_bad("the archive is over the 16384-byte cap", small_limits=True)
+def archive_over_cap(d: Path) -> Path:
+    return _zip(d / "s.zip", [SKILL, ("pad.bin", _random(20_000))], zipfile.ZIP_STORED)
+
+
+@_bad("'big.bin' is 2048 bytes, over the 1024 cap", small_limits=True)
+def zip_file_over_cap(d: Path) -> Path:
+    return _zip(d / "s.zip", [SKILL, ("big.bin", b"x" * 2048)])
+
+
+@_bad("the skill is 5472 bytes, over the 4096 cap", small_limits=True)
+def zip_total_over_cap(d: Path) -> Path:
+    return _zip(d / "s.zip", [SKILL] + [(f"f{n}", b"x" * 900) for n in range(6)])
+
+
+@_bad("the skill has more than 8 files and folders", small_limits=True)
+def zip_too_many_files(d: Path) -> Path:
+    return _zip(d / "s.zip", [SKILL] + [(f"f{n}", b"x") for n in range(9)])
+
+
+@_bad("the archive is damaged (Bad CRC-32")
+def zip_lies_about_a_size(d: Path) -> Path:
+    # Says 10 bytes, inflates to 1000: the size caps must not be fooled.
+    return _patch_zip(_zip(d / "s.zip", [SKILL, ("bomb.txt", b"0" * 1000)]), "bomb.txt", size=10)
+
+
+# -- duplicated entries
+@_bad("the skill lists the same file more than once")
+def tar_same_name_twice(d: Path) -> Path:
+    return _tar_of(d / "s.tar", [SKILL, NOTES, ("notes.txt", b"other")])
+
+
+@_bad("the skill lists the same file more than once")
+def tar_same_file_spelt_two_ways(d: Path) -> Path:
+    return _tar_of(d / "s.tar", [SKILL, NOTES, ("./notes.txt", b"other")])
+
+
+@_bad("the skill lists the same file more than once")
+def tgz_skill_md_twice_in_a_wrapper(d: Path) -> Path:
+    twin = b"---\nname: hello\ndescription: the evil twin\n---\n"
+    members = [("hello/SKILL.md", GOOD.encode()), ("hello/SKILL.md", twin)]
+    return _tar_of(d / "s.tgz", members, "w:gz")
+
+
+@_bad("the skill lists the same file more than once")
+def zip_same_name_twice(d: Path) -> Path:
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        return _zip(d / "s.zip", [SKILL, NOTES, ("notes.txt", b"other")])
+
+
+# -- damaged
+@_bad("the archive is damaged (Compressed file ended before the end-of-stream marker")
+def tgz_truncated(d: Path) -> Path:
+    return _cut(_tar_of(d / "s.tgz", [SKILL, DATA], "w:gz"), 600)
+
+
+@_bad("the archive is damaged (CRC check failed")
+def tgz_corrupt(d: Path) -> Path:
+    # In the stored data: it inflates fine, only gzip's CRC at the end says so.
+    return _flip(_tar_of(d / "s.tgz", [SKILL, DATA], "w:gz"), -400, 32)
+
+
+@_bad("the archive is damaged (Corrupt input data)")
+def txz_corrupt(d: Path) -> Path:
+    # Near the end (block check, index): the start still reads as a tar.
+    return _flip(_tar_of(d / "s.txz", [SKILL, DATA], "w:xz"), -40, 8)
+
+
+@_bad("the archive is damaged (it starts like a .zip or .tar archive but cannot be read")
+def tbz2_truncated(d: Path) -> Path:
+    return _cut(_tar_of(d / "s.tbz2", [SKILL, DATA], "w:bz2"), 600)
+
+
+@_bad("the archive is damaged (unexpected end of data)")
+def tar_truncated(d: Path) -> Path:
+    # Headers are 512 bytes and SKILL.md fits one block: 1800 is inside data.bin.
+    return _cut(_tar_of(d / "s.tar", [SKILL, DATA]), 1800)
+
+
+@_bad("the archive is damaged (a member header is corrupt; what follows is unreadable)")
+def tar_bad_member_header(d: Path) -> Path:
+    # tarfile takes a bad header for the end of the archive: the members from
+    # there on would be dropped without a word.
+    tar = _tar_of(d / "s.tar", [SKILL, NOTES, ("more.txt", b"x")])
+    with tarfile.open(tar) as tf:
+        header = tf.getmember("notes.txt").offset
+    return _flip(tar, header + 100, 8)  # its mode field
+
+
+@_bad("the archive is damaged (it starts like a .zip or .tar archive but cannot be read")
+def zip_truncated(d: Path) -> Path:
+    zipped = _zip(d / "s.zip", [SKILL, NOTES])
+    return _cut(zipped, zipped.stat().st_size * 7 // 10)  # its central directory is gone
+
+
+@_bad("the archive is damaged (Error -3 while decompressing data")
+def zip_corrupt_deflate(d: Path) -> Path:
+    # The deflate block header: zlib itself fails, before any CRC check.
+    zipped = _zip(d / "s.zip", [SKILL, ("notes.txt", b"abc" * 300)])
+    return _flip(zipped, _zip_data_at(zipped, "notes.txt"), 1)
+
+
+@_bad("the archive is damaged (Bad CRC-32 for file 'notes.txt')")
+def zip_corrupt_stored(d: Path) -> Path:
+    zipped = _zip(d / "s.zip", [SKILL, NOTES], zipfile.ZIP_STORED)
+    return _flip(zipped, _zip_data_at(zipped, "notes.txt") + 10, 4)
+
+
+@_bad("member 'notes.txt' uses compression method 9, not supported")
+def zip_unknown_compression(d: Path) -> Path:
+    return _patch_zip(_zip(d / "s.zip", [SKILL, NOTES]), "notes.txt", method=9)
+
+
+# -- encrypted
+@_bad("member 'notes.txt' is encrypted")
+def zip_encrypted(d: Path) -> Path:
+    return _patch_zip(_zip(d / "s.zip", [SKILL, NOTES]), "notes.txt", flags=0x1)
+
+
+@pytest.mark.parametrize(
+    ("make", "message", "small"), [pytest.param(*case[1:], id=case[0]) for case in BAD_ARCHIVES]
+)
+def test_bad_archives_are_refused_and_leave_nothing(
+    tmp_path: Path, staging: Path, make: Maker, message: str, small: bool
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    archive = make(src)
+    with pytest.raises(host.SkillRefused) as err:
+        host.prepare_skill(None, archive, SMALL if small else None)
+    assert err.value.what.startswith(message), err.value.what
+    assert "\n" not in str(err.value) and err.value.fix
+    assert list(staging.iterdir()) == []  # nothing staged is left behind
+    assert [p.name for p in src.iterdir()] == [archive.name]  # nothing written beside it
+
+
+def test_the_same_archives_intact_are_accepted(tmp_path: Path, staging: Path) -> None:
+    # Guards the test above: what breaks them is the damage, not the making.
+    for archive in (
+        _tar_of(tmp_path / "s.tgz", [SKILL, DATA], "w:gz"),
+        _tar_of(tmp_path / "s.txz", [SKILL, DATA], "w:xz"),
+        _tar_of(tmp_path / "s.tbz2", [SKILL, DATA], "w:bz2"),
+        _tar_of(tmp_path / "s.tar", [SKILL, NOTES, ("more.txt", b"x")]),
+        _zip(tmp_path / "s.zip", [SKILL, ("notes.txt", b"abc" * 300)]),
+        _zip(tmp_path / "t.zip", [SKILL, NOTES], zipfile.ZIP_STORED),
+        _patch_zip(_zip(tmp_path / "u.zip", [SKILL, NOTES]), "notes.txt"),  # a no-op patch
+    ):
+        with host.prepare_skill("hello", archive, SMALL) as skill:
+            assert len(skill.files) in (2, 3), archive.name
+    assert list(staging.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [pytest.param(make, msg, id=name) for name, make, msg, small in BAD_ARCHIVES if not small],
+)
+def test_skill_add_of_a_bad_archive_says_why_in_one_line_and_installs_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    make: Maker,
+    message: str,
+) -> None:
+    # Through the CLI, on a running claw. Copying into the claw would be the
+    # controller's put_tree: it must never be asked.
+    home = tmp_path / "home"
+    monkeypatch.setenv("CLAWDEN_HOME", str(home))
+    monkeypatch.setenv("CLAWDEN_LIBVIRT_URI", "test:///default")
+    db = open_db(Settings.from_env().db_path)
+    try:
+        ClawRepository(db).add(Claw("alice", "Alice", ClawState.RUNNING, "img", 1, 512, "2026"))
+    finally:
+        db.close()
+    copied: list[tuple[object, ...]] = []
+    monkeypatch.setattr(skill_commands, "put_tree", lambda *a: copied.append(a))
+    src = tmp_path / "src"
+    src.mkdir()
+    archive = make(src)
+
+    assert main(["skill", "add", "alice", str(archive)]) == InvalidInput.exit_code
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert copied == []
+    db = open_db(Settings.from_env().db_path)
+    try:
+        assert SkillRepository(db).list("alice") == []
+        assert "skill.add" not in [e.action for e in AuditLog(db).entries()]
+    finally:
+        db.close()
+    assert list((home / "tmp").iterdir()) == []  # the staging folder is gone

@@ -309,3 +309,102 @@ def test_two_processes_appending_at_once_keep_one_chain(tmp_path: Path, head: Pa
         assert {e.actor for e in entries} == {"proc-1", "proc-2"}
     finally:
         db.close()
+
+
+# ---- tampering the chain alone cannot see, and damage to the head itself ------
+def _forge_tail(db: Database, action: str) -> None:
+    """Append a row the way ``append`` would — right seq, right link, right
+    hash — but straight into the table, so the head file never hears of it."""
+    tail = _row(db, int(db.execute("SELECT max(seq) FROM audit_log").fetchone()[0]))
+    payload = {
+        "seq": int(str(tail["seq"])) + 1,
+        "ts": str(tail["ts"]),
+        "actor": "admin",
+        "action": action,
+        "target": "alice",
+        "details": {},
+        "prev_hash": str(tail["hash"]),
+    }
+    digest = hashlib.sha256(
+        json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    db.execute(
+        "INSERT INTO audit_log (seq, ts, actor, action, target, details, prev_hash, hash)"
+        " VALUES (:seq, :ts, :actor, :action, :target, '{}', :prev_hash, :hash)",
+        {**{k: v for k, v in payload.items() if k != "details"}, "hash": digest},
+    )
+
+
+def test_head_file_detects_a_forged_row_appended_at_the_tail(db: Database, head: Path) -> None:
+    log = AuditLog(db, head_file=head)
+    _fill(log, 4)
+    _forge_tail(db, "approval.approve")  # INSERT is allowed: no trigger to drop
+    # The forgery is a perfect link: the chain alone finds nothing wrong.
+    assert AuditLog(db).verify().ok
+    result = log.verify()
+    assert (result.ok, result.count) == (False, 5)
+    assert result.problems == [
+        "1 rows were added without updating the head file (head file says count 4)"
+    ]
+    # A genuine append afterwards does not launder it: the head stays as evidence.
+    log.append("admin", "login", "panel")
+    assert json.loads(head.read_text())["count"] == 4
+    assert log.verify().problems == [
+        "2 rows were added without updating the head file (head file says count 4)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "empty", "missing-keys", "wrong-types", "a-folder"],
+)
+def test_an_unreadable_head_file_is_reported_and_kept(
+    db: Database, head: Path, damage: str
+) -> None:
+    log = AuditLog(db, head_file=head)
+    _fill(log, 3)
+    head.unlink()
+    if damage == "a-folder":
+        head.mkdir()
+    else:
+        head.write_text(
+            {
+                "garbage": "\x00\x01 not json at all",
+                "empty": "",
+                "missing-keys": '{"count": 3}',
+                "wrong-types": '{"count": "three", "hash": "x"}',
+            }[damage]
+        )
+    result = log.verify()
+    assert (result.ok, result.count) == (False, 3)
+    assert result.problems == [f"head file {head} is unreadable"]
+    # Appending goes on, but never overwrites what is there: it is evidence.
+    before = None if head.is_dir() else head.read_bytes()
+    log.append("admin", "login", "panel")
+    assert (None if head.is_dir() else head.read_bytes()) == before
+    assert log.verify().problems == [f"head file {head} is unreadable"]
+
+
+def test_detects_a_first_row_that_does_not_start_from_genesis(db: Database) -> None:
+    # The log was cut at the front and what is left renumbered and rehashed:
+    # every row is self-consistent and linked, but the first one claims a
+    # predecessor that no longer exists.
+    log = AuditLog(db)
+    _fill(log, 4)
+    _attacker(db)
+    prev = hashlib.sha256(b"the row that was cut away").hexdigest()
+    for seq in (1, 2, 3, 4):
+        prev = _rehash(db, seq, prev)
+    result = log.verify()
+    assert (result.ok, result.count) == (False, 4)
+    assert result.problems == ["chain broken at 1 (prev_hash is not the genesis value)"]
+
+
+def test_detects_a_first_row_whose_link_alone_was_edited(db: Database) -> None:
+    log = AuditLog(db)
+    _fill(log, 3)
+    _attacker(db)
+    db.execute("UPDATE audit_log SET prev_hash = ? WHERE seq = 1", ["f" * 64])
+    assert log.verify().problems == [
+        "row 1 was edited (hash mismatch, and its prev_hash does not match the genesis value)"
+    ]
