@@ -7,6 +7,14 @@ point a whole installation somewhere else without touching code:
   ``~/.local/share/clawden`` otherwise);
 * ``CLAWDEN_LIBVIRT_URI`` — ``qemu:///system`` (default for root) or
   ``qemu:///session`` (default otherwise).
+
+and one tunable:
+
+* ``CLAWDEN_CPU_PERCENT`` — the hard CPU cap of every claw, in percent of one
+  host core per vCPU (1–100, 0 = no cap). Default 50, except on a non-root
+  ``qemu:///session``, where libvirt has no cgroups to enforce a cap with and
+  would refuse to start the domain: there the default is 0. Read when a
+  claw's domain is defined, i.e. at every ``claw start``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from appliance.core.domain import DEFAULT_CPU_PERCENT, MAX_CPU_PERCENT
+from appliance.core.errors import InvalidInput
 
 SYSTEM_HOME = Path("/var/lib/clawden")
 
@@ -27,17 +38,36 @@ def _default_home(env: Mapping[str, str]) -> Path:
     return Path(base) / "clawden"
 
 
+def _cpu_percent(env: Mapping[str, str], uri: str) -> int:
+    raw = env.get("CLAWDEN_CPU_PERCENT", "").strip()
+    if not raw:
+        # An unprivileged session daemon has no cgroups: libvirt would refuse
+        # to start a domain with <cputune> ("cgroup cpu is required").
+        session = uri.startswith("qemu:///session") and os.geteuid() != 0
+        return 0 if session else DEFAULT_CPU_PERCENT
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_CPU_PERCENT:
+        raise InvalidInput(
+            f"invalid CLAWDEN_CPU_PERCENT {raw!r}",
+            f"give a whole number of percent of one core per vCPU, 1-{MAX_CPU_PERCENT} "
+            "(0 for no cap), or unset it for the default",
+        )
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
     libvirt_uri: str
+    # Hard CPU cap per vCPU, percent of one host core; 0 = none.
+    cpu_percent: int = DEFAULT_CPU_PERCENT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = Path(env["CLAWDEN_HOME"]) if env.get("CLAWDEN_HOME") else _default_home(env)
         default_uri = "qemu:///system" if os.geteuid() == 0 else "qemu:///session"
-        return cls(home=home.absolute(), libvirt_uri=env.get("CLAWDEN_LIBVIRT_URI") or default_uri)
+        uri = env.get("CLAWDEN_LIBVIRT_URI") or default_uri
+        return cls(home=home.absolute(), libvirt_uri=uri, cpu_percent=_cpu_percent(env, uri))
 
     @property
     def installation_key(self) -> str:

@@ -84,8 +84,10 @@ rmdir "$root/run/sshd"
 rm -f "$root"/tmp/clawden-check-key "$root"/tmp/clawden-check-key.pub "$root/tmp/clawden-check-config"
 
 # --- systemd ----------------------------------------------------------------
-in_root systemctl enable clawden-seed.service clawden-control.service clawden-powerbtn.service >/dev/null
+in_root systemctl enable clawden-seed.service clawden-control.service clawden-powerbtn.service \
+    clawden-lockdown.service >/dev/null
 # Jobs that write to the (read-only) root or are useless without a network.
+# (fstrim.timer too: /data, the only writable disk, is mounted with `discard`.)
 in_root systemctl mask e2scrub_all.timer e2scrub_reap.service fstrim.timer \
     dpkg-db-backup.timer systemd-machine-id-commit.service \
     getty@tty1.service getty-static.service >/dev/null

@@ -16,7 +16,14 @@ from appliance.channel.keys import load_private_key
 from appliance.channel.transport import ChannelTarget
 from appliance.config import Settings
 from appliance.controller.context import Context
-from appliance.core.domain import Accelerator, DirectKernelBoot, Disk, DiskFormat, DomainSpec
+from appliance.core.domain import (
+    Accelerator,
+    DirectKernelBoot,
+    Disk,
+    DiskFormat,
+    DomainSpec,
+    cpu_quota,
+)
 from appliance.core.errors import ClawdenError
 from appliance.core.model import Claw, domain_name
 from appliance.image import GoldenImage
@@ -112,6 +119,7 @@ def build_domain_spec(
         ),
         control_socket=files.control_socket,
         console_log=files.console_log,
+        cpu_quota=cpu_quota(claw.vcpus, settings.cpu_percent),
     )
 
 

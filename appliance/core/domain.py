@@ -37,6 +37,48 @@ class DirectKernelBoot:
     cmdline: str
 
 
+# CFS bandwidth period (libvirt's and the kernel's default): 100 ms, short
+# enough that a throttled claw still answers its channel's keepalives promptly.
+CPU_PERIOD_US = 100_000
+# Default cap per vCPU, in percent of one host core (see docs/hypervisor.md,
+# "CPU quota"): a runaway claw leaves at least half of every core it runs on
+# to the host's services and the other claws.
+DEFAULT_CPU_PERCENT = 50
+MAX_CPU_PERCENT = 100
+
+
+@dataclass(frozen=True)
+class CpuQuota:
+    """A hard CPU cap for a claw, rendered as libvirt ``<cputune>``.
+
+    Each vCPU thread may run ``vcpu_quota_us`` out of every ``period_us``
+    (``<period>``/``<quota>``, which libvirt applies per vCPU), and the whole
+    QEMU process — vCPU threads, emulator thread and I/O workers together —
+    ``domain_quota_us`` (``<global_period>``/``<global_quota>``).
+    """
+
+    period_us: int
+    vcpu_quota_us: int
+    domain_quota_us: int
+
+
+def cpu_quota(vcpus: int, percent: int) -> CpuQuota | None:
+    """``percent`` of one host core for each of ``vcpus``; 0 means no cap.
+
+    A claw with 2 vCPUs at 50 % may use one host core in total, at most half
+    of one on each vCPU. ``percent`` is 1–100: a vCPU thread cannot use more
+    than one core, and 1 % (1 ms of every 100 ms) is libvirt's smallest quota.
+    """
+    if percent == 0:
+        return None
+    if not 1 <= percent <= MAX_CPU_PERCENT:
+        raise ValueError(f"CPU percent {percent} is outside 0-{MAX_CPU_PERCENT}")
+    if vcpus < 1:
+        raise ValueError(f"a claw needs at least 1 vCPU, not {vcpus}")
+    per_vcpu = CPU_PERIOD_US * percent // 100
+    return CpuQuota(CPU_PERIOD_US, per_vcpu, per_vcpu * vcpus)
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     name: str
@@ -50,3 +92,4 @@ class DomainSpec:
     console_log: Path  # serial console, appended across boots
     channel_name: str = CONTROL_CHANNEL_NAME
     emulator: str | None = None  # None = libvirt's default for the arch
+    cpu_quota: CpuQuota | None = None  # None = no cap (libvirt without cgroups)

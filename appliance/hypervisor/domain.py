@@ -15,7 +15,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET  # noqa: S405 - we only build XML, never parse untrusted input
 from pathlib import Path
 
-from appliance.core.domain import Accelerator, DirectKernelBoot, Disk, DomainSpec
+from appliance.core.domain import Accelerator, CpuQuota, DirectKernelBoot, Disk, DomainSpec
 from appliance.core.errors import HypervisorError
 
 TCG_TB_CACHE_MIB = 64
@@ -41,6 +41,23 @@ def _os(root: ET.Element, boot: DirectKernelBoot) -> None:
     _sub(os_el, "kernel", str(boot.kernel))
     _sub(os_el, "initrd", str(boot.initrd))
     _sub(os_el, "cmdline", boot.cmdline)
+
+
+def _cputune(root: ET.Element, quota: CpuQuota | None) -> None:
+    # A hard cap (CFS bandwidth, a cgroup per vCPU thread and one for the
+    # domain), not a share: a claw stays below it even on an idle host, so no
+    # claw can take whole host cores from the host's services and the others.
+    # <period>/<quota> limit each vCPU thread — under TCG that thread is where
+    # the guest's code is translated and run, so it is what the cap throttles.
+    # <global_period>/<global_quota> bound the whole QEMU process (vCPUs plus
+    # the emulator thread and I/O workers), so no separate <emulator_quota>.
+    if quota is None:
+        return
+    cputune = _sub(root, "cputune")
+    _sub(cputune, "period", str(quota.period_us))
+    _sub(cputune, "quota", str(quota.vcpu_quota_us))
+    _sub(cputune, "global_period", str(quota.period_us))
+    _sub(cputune, "global_quota", str(quota.domain_quota_us))
 
 
 def _features(root: ET.Element, accelerator: Accelerator) -> None:
@@ -145,6 +162,16 @@ def _validate(spec: DomainSpec) -> None:
             f"domain {spec.name!r} needs at least 1 vCPU and 1 MiB of memory",
             "fix the claw's --cpus/--memory",
         )
+    quota = spec.cpu_quota
+    if quota is not None and not (
+        1000 <= quota.period_us <= 1_000_000
+        and 1000 <= quota.vcpu_quota_us <= quota.domain_quota_us
+    ):
+        # libvirt's limits: periods 1-1000 ms, quotas at least 1 ms.
+        raise HypervisorError(
+            f"domain {spec.name!r} has an unusable CPU quota {quota}",
+            "set CLAWDEN_CPU_PERCENT between 1 and 100, or 0 for no cap",
+        )
 
 
 def render_domain_xml(spec: DomainSpec) -> str:
@@ -156,6 +183,7 @@ def render_domain_xml(spec: DomainSpec) -> str:
     _sub(root, "memory", str(spec.memory_mib), unit="MiB")
     _sub(root, "currentMemory", str(spec.memory_mib), unit="MiB")
     _sub(root, "vcpu", str(spec.vcpus), placement="static")
+    _cputune(root, spec.cpu_quota)
     _os(root, spec.boot)
     _features(root, spec.accelerator)
     _cpu(root, spec.accelerator)

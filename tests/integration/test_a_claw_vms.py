@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import time
+import xml.etree.ElementTree as ET  # noqa: S405 - virsh's output for our own domain
 
 import pytest
 
-from tests.integration.conftest import Env
+from appliance.config import Settings
+from appliance.core.domain import cpu_quota
+from appliance.core.model import domain_name
+from tests.integration.conftest import URI, Env
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +98,102 @@ def test_audit_chain_verifies_after_real_operations(
     assert "intact" in proc.stdout
     listing = clawden_env.run("audit", "list").stdout
     assert "claw.create" in listing
+
+
+# Each attempt prints "<name> created" or "<name> refused <errno>". Without the
+# guest hardening, the first five would autoload their protocol's module and
+# succeed, and io_uring_setup (syscall 425) would return a descriptor.
+SOCKET_PROBE = """
+import ctypes, socket
+attempts = {
+    "appletalk": (socket.AF_APPLETALK, socket.SOCK_DGRAM),
+    "sctp": (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP),
+    "can": (socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW),
+    "alg": (socket.AF_ALG, socket.SOCK_SEQPACKET),
+    "vsock": (socket.AF_VSOCK, socket.SOCK_STREAM),
+    "tcp": (socket.AF_INET, socket.SOCK_STREAM),
+}
+for name, args in attempts.items():
+    try:
+        socket.socket(*args).close()
+        print(name, "created")
+    except OSError as exc:
+        print(name, "refused", exc.errno)
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+fd = libc.syscall(425, 1, params)
+print("io_uring", "created" if fd >= 0 else "refused", ctypes.get_errno())
+"""
+
+
+def test_guest_kernel_loads_no_more_modules(clawden_env: Env, two_claws: tuple[str, str]) -> None:
+    _, disabled, _ = _exec(clawden_env, "alice", "cat", "/proc/sys/kernel/modules_disabled")
+    _, modprobe, _ = _exec(clawden_env, "alice", "cat", "/proc/sys/kernel/modprobe")
+    assert disabled == "1\n"  # clawden-lockdown.service ran, before the claw's sshd
+    assert modprobe == "\n"  # and the kernel runs no modprobe helper at all
+
+
+def test_guest_refuses_unused_socket_families_and_io_uring(
+    clawden_env: Env, two_claws: tuple[str, str]
+) -> None:
+    _, out, _ = _exec(clawden_env, "alice", "python3", "-c", SOCKET_PROBE)
+    results = {line.split()[0]: line.split()[1:] for line in out.strip().splitlines()}
+    for family in ("appletalk", "sctp", "can", "alg", "vsock"):
+        assert results[family][0] == "refused", out
+    assert results["tcp"] == ["created"], out  # the families a claw needs still work
+    assert results["io_uring"] == ["refused", "38"], out  # ENOSYS from the seccomp filter
+    _, modules, _ = _exec(clawden_env, "alice", "cat", "/proc/modules")
+    loaded = {line.split()[0] for line in modules.splitlines()}
+    for module in ("sctp", "appletalk", "can", "can_raw", "af_alg", "vsock", "kcm"):
+        assert module not in loaded, modules
+
+
+def test_data_disk_returns_freed_space_to_the_host(
+    clawden_env: Env, two_claws: tuple[str, str]
+) -> None:
+    _, options, _ = _exec(clawden_env, "alice", "findmnt", "-no", "OPTIONS", "/data")
+    assert "discard" in options.strip().split(","), options
+    data = clawden_env.home / "claws" / "alice" / "data.qcow2"
+
+    def allocated() -> int:
+        return data.stat().st_blocks * 512
+
+    mib = 1024 * 1024
+    before = allocated()
+    probe = "/data/home/discard-probe"
+    _exec(clawden_env, "alice", "sh", "-c", f"head -c 40M /dev/urandom > {probe} && sync")
+    written = allocated()
+    assert written - before >= 32 * mib, (before, written)
+    _exec(clawden_env, "alice", "sh", "-c", f"rm {probe} && sync")
+    # ext4 discards at its journal commit; QEMU then punches the clusters out.
+    deadline = time.monotonic() + 60
+    while allocated() > written - 32 * mib and time.monotonic() < deadline:
+        time.sleep(1)
+    assert allocated() <= written - 32 * mib, (before, written, allocated())
+
+
+def test_claw_domain_has_a_cpu_quota(clawden_env: Env, two_claws: tuple[str, str]) -> None:
+    settings = Settings.from_env(clawden_env.env)
+    domain = domain_name(settings.installation_tag, "alice")
+    xml = subprocess.run(
+        ["virsh", "-c", URI, "dumpxml", domain], capture_output=True, text=True, check=True
+    ).stdout
+    root = ET.fromstring(xml)  # noqa: S314 - libvirt's XML for our own domain
+    vcpus = int(root.findtext("vcpu") or "0")
+    expected = cpu_quota(vcpus, settings.cpu_percent)
+    assert expected is not None, "the integration run expects the default cap"
+    assert root.findtext("cputune/period") == str(expected.period_us)
+    assert root.findtext("cputune/quota") == str(expected.vcpu_quota_us)
+    assert root.findtext("cputune/global_period") == str(expected.period_us)
+    assert root.findtext("cputune/global_quota") == str(expected.domain_quota_us)
+    # What the running domain's cgroups hold, not only what was defined.
+    sched = subprocess.run(
+        ["virsh", "-c", URI, "schedinfo", domain], capture_output=True, text=True, check=True
+    ).stdout
+    live = dict(
+        (key.strip(), value.strip())
+        for key, sep, value in (line.partition(":") for line in sched.splitlines())
+        if sep
+    )
+    assert live["vcpu_quota"] == str(expected.vcpu_quota_us), sched
+    assert live["global_quota"] == str(expected.domain_quota_us), sched

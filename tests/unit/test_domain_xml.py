@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from appliance.core.domain import Accelerator, DirectKernelBoot, Disk, DiskFormat, DomainSpec
+from appliance.core.domain import (
+    CPU_PERIOD_US,
+    DEFAULT_CPU_PERCENT,
+    Accelerator,
+    CpuQuota,
+    DirectKernelBoot,
+    Disk,
+    DiskFormat,
+    DomainSpec,
+    cpu_quota,
+)
 from appliance.core.errors import HypervisorError
 from appliance.hypervisor.accel import probe_spec, probe_xml
 from appliance.hypervisor.domain import render_domain_xml
@@ -43,6 +53,7 @@ def claw_spec(accel: Accelerator = Accelerator.TCG) -> DomainSpec:
         ),
         control_socket=CLAW / "control.sock",
         console_log=CLAW / "console.log",
+        cpu_quota=cpu_quota(2, DEFAULT_CPU_PERCENT),
     )
 
 
@@ -134,6 +145,54 @@ def test_console_logged_and_lifecycle() -> None:
     assert root.findtext("memory") == "1024" and root.findtext("vcpu") == "2"
 
 
+@pytest.mark.parametrize("accel", [Accelerator.TCG, Accelerator.KVM])
+def test_cpu_quota_caps_each_vcpu_and_the_whole_domain(accel: Accelerator) -> None:
+    cputune = parse(claw_spec(accel)).find("cputune")
+    assert cputune is not None
+    # 2 vCPUs at 50 %: half a core each, one core for the whole QEMU process.
+    assert {child.tag: child.text for child in cputune} == {
+        "period": "100000",
+        "quota": "50000",
+        "global_period": "100000",
+        "global_quota": "100000",
+    }
+
+
+def test_no_cputune_without_a_quota() -> None:
+    root = parse(replace(claw_spec(), cpu_quota=None))
+    assert root.find("cputune") is None
+
+
+@pytest.mark.parametrize(
+    ("vcpus", "percent", "expected"),
+    [
+        (1, 50, CpuQuota(CPU_PERIOD_US, 50_000, 50_000)),
+        (2, 50, CpuQuota(CPU_PERIOD_US, 50_000, 100_000)),
+        (4, 25, CpuQuota(CPU_PERIOD_US, 25_000, 100_000)),
+        (8, 100, CpuQuota(CPU_PERIOD_US, 100_000, 800_000)),
+        (1, 1, CpuQuota(CPU_PERIOD_US, 1_000, 1_000)),  # libvirt's smallest quota
+        (3, 0, None),
+    ],
+)
+def test_cpu_quota_is_percent_of_a_core_per_vcpu(
+    vcpus: int, percent: int, expected: CpuQuota | None
+) -> None:
+    assert cpu_quota(vcpus, percent) == expected
+
+
+@pytest.mark.parametrize(("vcpus", "percent"), [(1, -1), (1, 101), (0, 50)])
+def test_cpu_quota_refuses_nonsense(vcpus: int, percent: int) -> None:
+    with pytest.raises(ValueError):
+        cpu_quota(vcpus, percent)
+
+
+def test_unusable_cpu_quota_is_refused_before_libvirt() -> None:
+    spec = replace(claw_spec(), cpu_quota=CpuQuota(CPU_PERIOD_US, 500, 1000))
+    with pytest.raises(HypervisorError) as info:
+        render_domain_xml(spec)
+    assert "CLAWDEN_CPU_PERCENT" in info.value.fix
+
+
 def test_hostile_strings_are_escaped_not_spliced() -> None:
     spec = replace(
         claw_spec(),
@@ -183,6 +242,11 @@ def _validate(xml: str, path: Path) -> subprocess.CompletedProcess[str]:
             render_domain_xml(replace(claw_spec(), emulator="/usr/bin/qemu-system-x86_64")),
             id="emulator",
         ),
+        pytest.param(
+            render_domain_xml(replace(claw_spec(), vcpus=8, cpu_quota=cpu_quota(8, 100))),
+            id="largest-quota",
+        ),
+        pytest.param(render_domain_xml(replace(claw_spec(), cpu_quota=None)), id="no-quota"),
         pytest.param(
             probe_xml(probe_spec(Accelerator.KVM, Path("/k/v"), Path("/k/i"), Path("/w"))),
             id="probe",

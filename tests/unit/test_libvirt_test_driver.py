@@ -11,7 +11,15 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from appliance.core.domain import Accelerator, DirectKernelBoot, Disk, DiskFormat, DomainSpec
+from appliance.core.domain import (
+    DEFAULT_CPU_PERCENT,
+    Accelerator,
+    DirectKernelBoot,
+    Disk,
+    DiskFormat,
+    DomainSpec,
+    cpu_quota,
+)
 from appliance.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from appliance.core.ports import AcceleratorChoice, DomainState, Hypervisor
 from appliance.hypervisor import accel
@@ -36,6 +44,7 @@ def make_spec(tmp: Path, name: str | None = None) -> DomainSpec:
         disks=(Disk(tmp / "root.qcow2", "vda", DiskFormat.QCOW2),),
         control_socket=tmp / "control.sock",
         console_log=tmp / "console.log",
+        cpu_quota=cpu_quota(1, DEFAULT_CPU_PERCENT),  # as every claw has by default
     )
 
 
@@ -204,6 +213,25 @@ def test_rename_refuses_a_running_domain_a_taken_name_and_a_missing_domain(
 
 
 # -- the real adapter only ----------------------------------------------------
+
+
+def test_libvirt_keeps_the_cpu_quota(tmp_path: Path) -> None:
+    hv = LibvirtHypervisor(TEST_URI)
+    spec = replace(make_spec(tmp_path), vcpus=2, cpu_quota=cpu_quota(2, 50))
+    hv.define(spec)
+    side = libvirt.open(TEST_URI)
+    try:
+        xml = side.lookupByName(spec.name).XMLDesc(0)
+    finally:
+        side.close()
+        hv.undefine(spec.name)
+    for line in (
+        "<period>100000</period>",
+        "<quota>50000</quota>",
+        "<global_period>100000</global_period>",
+        "<global_quota>100000</global_quota>",
+    ):
+        assert line in xml, xml
 
 
 def test_ping_on_unreachable_libvirt_raises_unavailable() -> None:
