@@ -12,7 +12,10 @@ plug in as ``ForwardedService``s; the egress proxy to come will too.
 A claw is assumed compromised, so what it can make the host spend is bounded
 here: each forwarded connection gets one thread, and a claw may have at most
 ``connections_per_claw`` open per service (16 by default) — the next one is
-closed at once, before any thread starts. Lines logged while serving a
+closed at once, before any thread starts. Below that, the transport
+(``guard.ClawTransport``) refuses, before paramiko makes a channel, every
+channel the guest opens that is not a connection to one of these forwards,
+and any past 64 open on it. Lines logged while serving a
 connection are attributed to its claw (``logbudget.serving_claw``), so the
 controller's log budget can throttle a claw that floods it.
 """
@@ -159,6 +162,8 @@ class ServiceRegistry:
         def route(chan: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]) -> None:
             service = services.get(server[1])
             if service is None or server[0] != GUEST_LOOPBACK:
+                # A ClawTransport refuses these before a channel exists; this
+                # covers any other transport.
                 log.warning(
                     "claw %s: forwarded connection to unknown %s",
                     claw.name,

@@ -5,7 +5,10 @@ guest boots), install the service forwards, then watch the transport; when it
 drops — the guest rebooted, sshd restarted, the VM was stopped — reconnect with
 exponential backoff. A guest presenting the wrong host key is *refused* and not
 hammered: it is reported once (audit) and retried slowly, in case the operator
-restores the right seed.
+restores the right seed. A guest that broke the SSH protocol (see
+``guard.py``) had its transport closed; the next attempt waits
+``VIOLATION_PAUSE``, so breaking it again and again costs the host a handshake
+and a log line every few seconds at most.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from enum import StrEnum
 import paramiko
 
 from appliance.channel.forwarding import ClawIdentity, ServiceRegistry
+from appliance.channel.guard import ClawTransport
 from appliance.channel.transport import (
     BANNER_WINDOW,
     ChannelTarget,
@@ -36,6 +40,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 REFUSED_RETRY = 60.0
 HANG_UP_PAUSE = 1.0  # long enough for the guest to see us go and restart sshd
+VIOLATION_PAUSE = BACKOFF_MAX  # after the guest broke the SSH protocol
 
 
 class ChannelState(StrEnum):
@@ -181,8 +186,19 @@ class ClawConnection:
             while transport.is_active() and not self._stop.wait(0.5):
                 pass
             disconnect(transport)
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                break
+            violation = transport.violation if isinstance(transport, ClawTransport) else None
+            if violation is None:
                 self._set(ChannelState.CONNECTING, None, "connection lost; reconnecting")
+            else:
+                self._set(
+                    ChannelState.CONNECTING,
+                    None,
+                    f"closed: the guest broke the SSH protocol ({violation}); "
+                    f"reconnecting in {VIOLATION_PAUSE:.0f} s",
+                )
+                self._stop.wait(VIOLATION_PAUSE)
 
 
 class ChannelManager:

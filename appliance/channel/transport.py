@@ -19,6 +19,7 @@ from typing import Protocol
 
 import paramiko
 
+from appliance.channel.guard import ClawTransport
 from appliance.channel.keys import load_public_key
 from appliance.core.errors import IntegrityError, Unavailable
 
@@ -90,7 +91,7 @@ def _await_banner(sock: socket.socket, timeout: float) -> _Replay:
         buf = buf[-4096:] + chunk
 
 
-def open_transport(target: ChannelTarget, timeout: float = BANNER_WINDOW) -> paramiko.Transport:
+def open_transport(target: ChannelTarget, timeout: float = BANNER_WINDOW) -> ClawTransport:
     """Connect, check the pinned host key, authenticate; return a live transport.
 
     ``timeout`` bounds the wait for the guest's greeting; on expiry the caller
@@ -116,7 +117,9 @@ def open_transport(target: ChannelTarget, timeout: float = BANNER_WINDOW) -> par
             f"claw {target.claw!r} did not greet within {timeout:.0f} s",
             f"it may still be booting; see `clawden claw console {target.claw}`",
         ) from None
-    transport = paramiko.Transport(replay)  # type: ignore[arg-type]
+    # Hardened against a hostile guest: windows, packet sizes and channel
+    # opens are enforced (see channel/guard.py).
+    transport = ClawTransport(replay, target.claw)  # type: ignore[arg-type]
     transport.banner_timeout = 30
     transport.handshake_timeout = 30
     transport.auth_timeout = 30
