@@ -60,6 +60,9 @@ RECORDED_RUN: list[tuple[str, str, dict[str, Any] | None]] = [
         "create the clawden state directory",
         {"changed": True, "path": "/var/lib/clawden", "mode": "0711"},
     ),
+    ("playbook_on_task_start", "let the kvm group use /dev/kvm", None),
+    ("runner_on_start", "let the kvm group use /dev/kvm", None),
+    ("runner_on_ok", "let the kvm group use /dev/kvm", {"changed": False, "rc": 0, "stderr": ""}),
     ("playbook_on_task_start", "detect whether systemd is running", None),
     ("runner_on_start", "detect whether systemd is running", None),
     ("runner_on_ok", "detect whether systemd is running", {"changed": False}),
@@ -206,7 +209,7 @@ def test_every_fix_hint_names_a_real_task() -> None:
 
 def test_static_task_count_matches_a_real_run() -> None:
     starts = [e for e in RECORDED_RUN if e[0] == "playbook_on_task_start"]
-    assert hp.count_tasks(TASKS_DIR / "main.yml", "Debian") == len(starts) == 14
+    assert hp.count_tasks(TASKS_DIR / "main.yml", "Debian") == len(starts) == 15
 
 
 def test_unsupported_family_has_no_total() -> None:
@@ -231,13 +234,14 @@ def test_playbook_passes_ansible_syntax_check() -> None:
 
 def test_recorded_run_gives_one_line_per_task() -> None:
     lines: list[str] = []
-    reporter = hp.ProgressReporter(lines.append, total=14)
+    reporter = hp.ProgressReporter(lines.append, total=15)
     replay(reporter, RECORDED_RUN)
-    assert len(lines) == 14
-    assert lines[0] == "[1/14] read host facts … ok"
-    assert lines[5] == "[6/14] refresh the apt index … skipped"
-    assert lines[7] == "[8/14] create the clawden state directory … changed"
-    assert lines[-1] == "[14/14] check libvirtd answers … ok"
+    assert len(lines) == 15
+    assert lines[0] == "[1/15] read host facts … ok"
+    assert lines[5] == "[6/15] refresh the apt index … skipped"
+    assert lines[7] == "[8/15] create the clawden state directory … changed"
+    assert lines[8] == "[9/15] let the kvm group use /dev/kvm … ok"
+    assert lines[-1] == "[15/15] check libvirtd answers … ok"
     assert (reporter.changed, reporter.failed, reporter.failure) == (1, 0, None)
 
 
@@ -347,7 +351,7 @@ def test_successful_run_is_reported_from_runner_stats(fake_runner: Any) -> None:
     lines: list[str] = []
     result = hp.provision_host(lines.append, extra_vars={"clawden_host_daemon_timeout_s": 5})
     assert (result.ok, result.changed, result.failed) == (True, 1, 0)
-    assert len(lines) == 14
+    assert len(lines) == 15
     kwargs = runner.kwargs
     assert kwargs["playbook"] == str(hp.PLAYBOOK) and Path(kwargs["playbook"]).is_absolute()
     assert kwargs["quiet"] is True and kwargs["cmdline"] is None
