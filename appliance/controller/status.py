@@ -111,10 +111,10 @@ def quota_lines(
         rate = f"rate unknown: {printable(exc.what)}"
     yield f"  llm calls: {calls} today; {rate}"
     if refused is None:
-        yield "  refused:   unknown (controller not running)"
+        yield "  over quota: unknown (controller not running)"
     elif not refused:
-        yield "  refused:   none since the controller started"
+        yield "  over quota: none since the controller started"
     else:
         detail = ", ".join(f"{quota} {n}" for quota, n in sorted(refused.items()))
         total = sum(refused.values())
-        yield f"  refused:   {total} since the controller started ({detail})"
+        yield f"  over quota: {total} since the controller started ({detail})"

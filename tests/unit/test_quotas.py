@@ -288,15 +288,15 @@ def test_status_shows_every_quota(home: Path, capsys: pytest.CaptureFixture[str]
         "  approvals: 1 of 20 in the last hour, 1 of 5 pending\n"
         "  schedules: 1 of 32 made by the claw\n"
         "  llm calls: 0 today; the gateway allows 60 a minute (llm.toml)\n"
-        "  refused:   unknown (controller not running)\n"
+        "  over quota: unknown (controller not running)\n"
     ) in out
     ctx = build_context()
     counted = list(quota_lines(ctx, "alice", {"messages.rate": 7, "approvals.per_hour": 2}))
     assert counted[-1] == (
-        "  refused:   9 since the controller started (approvals.per_hour 2, messages.rate 7)"
+        "  over quota: 9 since the controller started (approvals.per_hour 2, messages.rate 7)"
     )
     assert list(quota_lines(ctx, "alice", {}))[-1] == (
-        "  refused:   none since the controller started"
+        "  over quota: none since the controller started"
     )
 
 
