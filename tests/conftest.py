@@ -10,6 +10,7 @@ those rare, and give the reason.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Generator
 
 import pytest
@@ -73,3 +74,17 @@ def pytest_make_collect_report(
     if report.skipped and in_ci():
         _fail_skip(report)
     return report
+
+
+@pytest.fixture(autouse=True)
+def _sigpipe_ignored() -> Generator[None, None, None]:
+    """Keep SIGPIPE ignored in the test process, as Python starts it.
+
+    ``appliance.cli.main`` restores SIGPIPE's default (so `clawden … | head`
+    exits quietly), and tests call ``main()`` in-process: without this, a
+    later test whose server writes to a socket the client already closed
+    kills the whole pytest run (exit 141) instead of getting EPIPE.
+    """
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
