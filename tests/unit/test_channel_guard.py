@@ -419,6 +419,10 @@ def test_channel_opens_past_the_cap_are_refused_until_channels_close(
         assert len(holding.conns) == guard.MAX_OPEN_CHANNELS
         holding.release.set()  # the service closes them all
         assert _eventually(lambda: len(host._channels) == 0)  # type: ignore[attr-defined]
+        # Hold the next one again: a service that closed it at once could do so
+        # before the guest's open_channel() looked it up, which paramiko then
+        # reports as "Unable to open channel".
+        holding.release = threading.Event()
         guest.connect()
         holding.next_conn()
         assert host.is_active()
