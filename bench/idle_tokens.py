@@ -70,6 +70,7 @@ from appliance.store.schedules import ScheduleRepository
 from bench._common import busy_reason, machine, say, unwind_on_sigterm
 from bench._rig import Rig, host_rig
 
+REPO = Path(__file__).resolve().parents[1]
 TARGET_SHARE = 0.05  # idle day vs the naive floor
 LIGHT_DAY_TARGET_SHARE = 0.10  # light day vs the naive day (issue 9)
 LIGHT_CALL_TARGET_TOKENS = 2_000  # every light call (issue 9)
@@ -173,9 +174,11 @@ class Day:
 
 def agent_command(rig: Rig, workspace: Path, state: Path) -> list[str]:
     """The guest's ``clawden-agent deliver``, with this machine's paths and the
-    services' forwarded ports instead of the guest's fixed ones."""
+    services' forwarded ports instead of the guest's fixed ones. The agent is
+    this checkout's: sshd starts it in another directory, where the venv's
+    own (editable) install of the package would be found instead."""
     return [
-        sys.executable, "-m", "appliance.guest.serve", "deliver",
+        "env", f"PYTHONPATH={REPO}", sys.executable, "-m", "appliance.guest.serve", "deliver",
         "--workspace", str(workspace), "--state-dir", str(state),
         "--gateway", rig.url("llm", "/v1"), "--host-api", rig.url("hostapi"),
         "--proxy", rig.url("egress"),
