@@ -25,7 +25,10 @@ Three simulated days, one claw each:
 ``idle``   the starter workspace as seeded: HEARTBEAT.md has only headings
            and comments.
 ``light``  the same, with one short open task in HEARTBEAT.md, so every
-           heartbeat calls the model with the light heartbeat context.
+           heartbeat calls the model with the light heartbeat context. One
+           beat of the day (the ``ACTING_BEAT``-th) acts: it asks for its
+           tools, notes the reminder in memory and reports to the owner;
+           the others answer ``HEARTBEAT_OK``.
 ``naive``  every 30 min the agent gets the heartbeat instruction as a chat
            message: the full system prompt (workspace files, skills index),
            the tools, and the ``main`` conversation so far — what a design
@@ -67,17 +70,39 @@ from appliance.store.schedules import ScheduleRepository
 from bench._common import busy_reason, machine, say, unwind_on_sigterm
 from bench._rig import Rig, host_rig
 
-TARGET_SHARE = 0.05
+REPO = Path(__file__).resolve().parents[1]
+TARGET_SHARE = 0.05  # idle day vs the naive floor
+LIGHT_DAY_TARGET_SHARE = 0.10  # light day vs the naive day (issue 9)
+LIGHT_CALL_TARGET_TOKENS = 2_000  # every light call (issue 9)
+ACTING_BEAT = 20  # the light day's beat that acts (about 10:00)
 MODEL = "bench-model"
 MEMBER = "Bench"
 DAY = timedelta(hours=24)
 TICK = timedelta(minutes=1)
 NAIVE_EVERY = timedelta(minutes=30)
 LIGHT_TASK = "- Remind Bench to water the balcony plants on Friday evenings.\n"
-SCENARIO = {
-    "models": [MODEL],
-    "steps": [{"name": "nothing to report", "repeat": True, "reply": {"content": "HEARTBEAT_OK"}}],
-}
+OK_REPLY = {"content": "HEARTBEAT_OK"}
+OK_FOREVER: list[dict[str, Any]] = [
+    {"name": "nothing to report", "repeat": True, "reply": OK_REPLY}
+]
+SCENARIO = {"models": [MODEL], "steps": OK_FOREVER}
+ACTING = [
+    {"name": "wants its tools", "reply": {"tool_calls": [{"name": "heartbeat_tools"}]}},
+    {
+        "name": "notes it",
+        "match": {"last_role": "tool"},
+        "reply": {
+            "tool_calls": [
+                {"name": "memory_append", "arguments": {"text": "Reminded Bench: plants."}}
+            ]
+        },
+    },
+    {
+        "name": "reports",
+        "match": {"last_role": "tool"},
+        "reply": {"content": "Bench, it is Friday: time to water the balcony plants."},
+    },
+]
 CASES = ("idle", "light", "naive")
 
 
@@ -102,6 +127,14 @@ def call_parts(body: dict[str, Any]) -> dict[str, int]:
         "tool_count": len(body.get("tools") or []),
         "messages": len(messages),
     }
+
+
+def scenario_for(case: str) -> dict[str, Any]:
+    """The upstream's answers: always HEARTBEAT_OK, except the light day's acting beat."""
+    if case != "light":
+        return SCENARIO
+    quiet = [{"name": f"quiet beat {n}", "reply": OK_REPLY} for n in range(1, ACTING_BEAT)]
+    return {"models": [MODEL], "steps": [*quiet, *ACTING, *OK_FOREVER]}
 
 
 def tokens_from_chars(chars: int) -> int:
@@ -141,9 +174,11 @@ class Day:
 
 def agent_command(rig: Rig, workspace: Path, state: Path) -> list[str]:
     """The guest's ``clawden-agent deliver``, with this machine's paths and the
-    services' forwarded ports instead of the guest's fixed ones."""
+    services' forwarded ports instead of the guest's fixed ones. The agent is
+    this checkout's: sshd starts it in another directory, where the venv's
+    own (editable) install of the package would be found instead."""
     return [
-        sys.executable, "-m", "appliance.guest.serve", "deliver",
+        "env", f"PYTHONPATH={REPO}", sys.executable, "-m", "appliance.guest.serve", "deliver",
         "--workspace", str(workspace), "--state-dir", str(state),
         "--gateway", rig.url("llm", "/v1"), "--host-api", rig.url("hostapi"),
         "--proxy", rig.url("egress"),
@@ -218,6 +253,11 @@ def day_figures(day: Day) -> dict[str, Any]:
         "request_chars": messages + tools,
         "est_tokens_incl_tools": tokens_from_chars(messages + tools),
         "per_call_chars": [c["messages"] + c["tools"] for c in per_call],
+        "max_call_tokens": max(
+            (tokens_from_chars(c["messages"] + c["tools"]) for c in per_call), default=0
+        ),
+        "messages_per_call": dict(Counter(len(b.get("messages") or []) for b in day.chat_bodies)),
+        "tools_per_call": dict(Counter(len(b.get("tools") or []) for b in day.chat_bodies)),
         "first_call": call_parts(day.chat_bodies[0]) if day.chat_bodies else None,
         "last_call": call_parts(day.chat_bodies[-1]) if day.chat_bodies else None,
         "simulated_day_wall_s": round(day.wall_s, 1),
@@ -239,7 +279,7 @@ def measure() -> dict[str, Any]:
     for case in CASES:
         # A rig per case: one sshd stands for one guest, whose loopback ports
         # only one claw's forwards can hold.
-        with host_rig(SCENARIO, [f"bench-{case}"]) as rig:
+        with host_rig(scenario_for(case), [f"bench-{case}"]) as rig:
             say(f"tokens: simulating a day of {case}")
             results[case] = day_figures(simulate_day(rig, case))
         r = results[case]
@@ -263,6 +303,11 @@ def measure() -> dict[str, Any]:
         )
         results[f"{case}_target_met"] = ours / floor <= TARGET_SHARE
     results["target_share"] = TARGET_SHARE
+    light = results["light"]
+    results["light_call_target_tokens"] = LIGHT_CALL_TARGET_TOKENS
+    results["light_call_target_met"] = light["max_call_tokens"] <= LIGHT_CALL_TARGET_TOKENS
+    results["light_day_target_share"] = LIGHT_DAY_TARGET_SHARE
+    results["light_day_target_met"] = results["light_share_of_naive_day"] <= LIGHT_DAY_TARGET_SHARE
     results["busy_at_start_end"] = [busy, busy_reason()]
     return results
 

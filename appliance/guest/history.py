@@ -48,6 +48,7 @@ class History:
         self.path = state_dir / "conversations" / f"{name}.jsonl"
         self.clock = clock
         self.all: list[Message] = []  # every message ever recorded
+        self.stamps: list[str] = []  # when each of ``all`` was recorded (ISO time)
         self.start = 0  # messages before this index are out of context
         self._load()
 
@@ -68,6 +69,7 @@ class History:
                 continue  # a line torn by a crash mid-write
             if isinstance(record, dict) and isinstance(record.get("m"), dict):
                 self.all.append(record["m"])
+                self.stamps.append(str(record.get("t", "")))
             elif isinstance(record, dict) and isinstance(record.get("trim"), int):
                 self.start = max(self.start, min(record["trim"], len(self.all)))
         self._repair()
@@ -103,8 +105,18 @@ class History:
             os.close(fd)
 
     def append(self, message: Message) -> None:
-        self._write({"t": self.clock().isoformat(), "m": message})
+        stamp = self.clock().isoformat()
+        self._write({"t": stamp, "m": message})
         self.all.append(message)
+        self.stamps.append(stamp)
+
+    def start_fresh(self) -> None:
+        """Put every message recorded so far out of context (a heartbeat starts
+        from nothing). Written as a trim record, so the file stays append-only
+        and the earlier messages stay on disk."""
+        if self.start < len(self.all):
+            self._write({"t": self.clock().isoformat(), "trim": len(self.all)})
+            self.start = len(self.all)
 
     def size(self) -> int:
         return sum(message_chars(m) for m in self.messages)

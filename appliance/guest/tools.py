@@ -82,6 +82,10 @@ class ToolBox:
     def schemas(self) -> list[dict[str, Any]]:
         return [t.schema() for t in self.tools.values()]
 
+    def subset(self, names: tuple[str, ...]) -> ToolBox:
+        """These tools only, in this order (names this box lacks are left out)."""
+        return ToolBox([self.tools[n] for n in names if n in self.tools], self.max_result)
+
     def run(self, name: str, arguments: str) -> str:
         tool = self.tools.get(name)
         if tool is None:

@@ -205,13 +205,28 @@ def assemble_system_prompt(
 def light_heartbeat_context(
     workspace: Path, now: datetime, *, per_file_cap: int = 4_000, total_cap: int = 8_000
 ) -> AssembledPrompt:
-    """IDENTITY.md and HEARTBEAT.md only: heartbeats run often and must stay cheap."""
+    """IDENTITY.md and HEARTBEAT.md only: heartbeats run often and must stay cheap.
+
+    HEARTBEAT.md's HTML comments are left out: they are notes for whoever edits
+    the checklist (the starter file's explain how it works), never tasks — the
+    host's pre-check and ``heartbeat_checklist_empty`` ignore them too.
+    """
     reports: list[PartReport] = []
     keys = ("IDENTITY.md", "HEARTBEAT.md")
     loaded = _load_parts(workspace, now, per_file_cap, keys, reports)
+    if "HEARTBEAT.md" in loaded:
+        label, body, was_cut = loaded["HEARTBEAT.md"]
+        loaded["HEARTBEAT.md"] = (label, _without_comments(body), was_cut)
     header = f"# Heartbeat ({now.strftime('%Y-%m-%d %H:%M')})\n"
     text = _render(loaded, total_cap, header, keys, ("HEARTBEAT.md", "IDENTITY.md"), reports)
     return AssembledPrompt(text[:total_cap], reports)
+
+
+def _without_comments(text: str) -> str:
+    """``text`` without HTML comments (an unterminated one hides the rest, as in
+    the host's check) and without the blank runs they leave."""
+    text = re.sub(r"<!--.*?(?:-->|\Z)", "", text, flags=re.S)
+    return re.sub(r"\n{3,}", "\n\n", text)
 
 
 def heartbeat_checklist_empty(workspace: Path) -> bool:
@@ -220,7 +235,7 @@ def heartbeat_checklist_empty(workspace: Path) -> bool:
         text, _ = read_confined(workspace, "HEARTBEAT.md", 65_536)
     except (OSError, WorkspaceError):
         return True
-    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    text = _without_comments(text)
     return all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines())
 
 

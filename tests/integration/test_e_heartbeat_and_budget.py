@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from appliance.core.llm_policy import period_start
+from appliance.guest.heartbeat import HEARTBEAT_TOOLS, OPEN_TOOL
 from appliance.llm.scripted import ScriptedModelServer
 from appliance.store import open_db
 from appliance.store.tx import from_iso, to_iso, utc_now
@@ -30,6 +31,7 @@ WORKSPACE = "/data/workspace"
 # Generous: one scheduler pass (10 s) after a one-minute interval, plus an
 # agent run under TCG; a bound on waiting, not a timing assertion.
 BEAT_WAIT = 360.0
+QUIET_BEATS = 3  # beats in a row whose requests are compared
 QUIET = "# Heartbeat\n\n<!-- Add a line here for the claw to act on every heartbeat. -->\n- [ ]\n"
 
 
@@ -88,6 +90,10 @@ def _out_messages(env: Env) -> list[tuple[str, str]]:
 
 def _chats(upstream: ScriptedModelServer) -> list[dict[str, Any]]:
     return [r for r in upstream.requests if r["path"] == "/v1/chat/completions"]
+
+
+def _tool_names(chat: dict[str, Any]) -> list[str]:
+    return [t["function"]["name"] for t in chat["body"].get("tools") or []]
 
 
 def _usage_calls(env: Env) -> int:
@@ -172,6 +178,10 @@ def test_a_heartbeat_with_a_task_uses_a_tool_memory_and_messages(
         assert len(chats) == 3
         # The checklist reached the model (the heartbeat's light context).
         assert "Check the disk and tell Alice" in str(chats[0]["body"]["messages"])
+        # A light call: two messages and one tool; the beat's small set once it acts.
+        assert [len(c["body"]["messages"]) for c in chats] == [2, 5, 7]
+        assert _tool_names(chats[0]) == [OPEN_TOOL]
+        assert _tool_names(chats[1]) == _tool_names(chats[2]) == list(HEARTBEAT_TOOLS)
 
     # The tool ran inside the VM; the memory note is on the data disk.
     assert "/data" in _read(clawden_env, f"{WORKSPACE}/disk-report.txt")
@@ -183,14 +193,27 @@ def test_a_heartbeat_with_a_task_uses_a_tool_memory_and_messages(
     assert ("heartbeat", "Disk checked and Alice told.") in new
     assert _usage_calls(clawden_env) == calls_before + 3
 
-    # Nothing to report: HEARTBEAT_OK is not forwarded to the owner.
+    # Nothing to report: HEARTBEAT_OK is not forwarded to the owner. Several
+    # beats in a row each carry the same light request: no earlier beat (only
+    # the last report, quoted once), one tool, the checklist and the identity.
     ok = {"steps": [{"name": "ok", "repeat": True, "reply": {"content": "HEARTBEAT_OK"}}]}
     with scripted_llm(clawden_env, ok) as upstream:
         before = _out_messages(clawden_env)
-        status = _wait_for_beat(clawden_env, _now_iso())
-        assert status.startswith("ok: HEARTBEAT_OK, not forwarded"), status
-        assert len(upstream.requests) >= 1
+        for _beat in range(QUIET_BEATS):
+            status = _wait_for_beat(clawden_env, _now_iso())
+            assert status.startswith("ok: HEARTBEAT_OK, not forwarded"), status
+        quiet = _chats(upstream)
     assert _out_messages(clawden_env) == before
+    assert len(quiet) >= QUIET_BEATS
+    for chat in quiet:
+        messages = chat["body"]["messages"]
+        assert [m["role"] for m in messages] == ["system", "user"]
+        assert _tool_names(chat) == [OPEN_TOOL]
+        assert "## HEARTBEAT.md" in messages[0]["content"]
+        assert "Check the disk and tell Alice" in messages[0]["content"]
+        assert "## IDENTITY.md" in messages[0]["content"]
+        assert messages[1]["content"].count("Disk checked and Alice told.") == 1
+        assert "df -P" not in str(messages)  # the acting beat's tool calls stay out
 
 
 def _utc_day() -> datetime:
