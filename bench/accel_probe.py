@@ -47,7 +47,11 @@ TAG = "be4c0000"  # the bench's own installation tag for its probe domains
 OLD_TIMEOUT = 20.0
 OLD_CMDLINE = "console=ttyS0 panic=-1 rdinit=/clawden-probe-no-such-init loglevel=4"
 OLD_MARKERS = ("Kernel panic", "Run /", "Failed to execute")
-HANG_CPU = '<cpu mode="custom" match="exact" check="none"><model fallback="allow">qemu64</model></cpu>'
+# check="none": libvirt would refuse qemu64 on this host for lacking svm.
+HANG_CPU = (
+    '<cpu mode="custom" match="exact" check="none">'
+    '<model fallback="allow">qemu64</model></cpu>'
+)
 
 XmlHook = Callable[[str], str]
 
