@@ -49,8 +49,7 @@ OLD_CMDLINE = "console=ttyS0 panic=-1 rdinit=/clawden-probe-no-such-init logleve
 OLD_MARKERS = ("Kernel panic", "Run /", "Failed to execute")
 # check="none": libvirt would refuse qemu64 on this host for lacking svm.
 HANG_CPU = (
-    '<cpu mode="custom" match="exact" check="none">'
-    '<model fallback="allow">qemu64</model></cpu>'
+    '<cpu mode="custom" match="exact" check="none"><model fallback="allow">qemu64</model></cpu>'
 )
 
 XmlHook = Callable[[str], str]
