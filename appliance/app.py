@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import sys
 from logging.handlers import RotatingFileHandler
-from pathlib import Path
 
 from appliance.channel.forwarding import ServiceRegistry
 from appliance.channel.logbudget import ClawLogBudget
@@ -39,12 +38,12 @@ def hypervisor(settings: Settings) -> Hypervisor:
 
 
 def accelerator_picker(settings: Settings) -> AcceleratorPicker:
-    def pick(kernel: Path, initrd: Path) -> AcceleratorChoice:
+    def pick() -> AcceleratorChoice:
         return choose_accelerator(
             settings.libvirt_uri,
-            kernel,
-            initrd,
-            workdir=settings.run_dir / "accel-probe",
+            settings.installation_tag,
+            # Not under run/ (0700): QEMU opens the probe's boot image by path.
+            workdir=settings.home / "accel-probe",
             cache_file=settings.home / "accelerator.json",
         )
 

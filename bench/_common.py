@@ -370,7 +370,7 @@ def ensure_image(home: Home) -> dict[str, Any]:
         raise RuntimeError("no golden image after `clawden image build`")
     settings.ensure_dirs()
     started = time.monotonic()
-    choice = accelerator_picker(settings)(image.kernel, image.initrd)
+    choice = accelerator_picker(settings)()
     return {
         "image": image.version,
         "image_build_or_check_s": round(image_s, 2),

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.run_all [--runs 3] [--cold 2] [--cached 3] [--idle 30]
                                       [--rounds 200] [--says 5]
-                                      [--only boot,memory,build,gateway,tokens,say]
+                                      [--only boot,probe,memory,build,gateway,tokens,say]
 
 Writes ``bench/results/<UTC time>.json`` (gitignored) and prints its path.
 Each part waits for the machine to be quiet (no pytest) before it starts,
@@ -21,7 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import boot_ready, gateway_overhead, idle_tokens, image_build, memory, say_roundtrip
+from bench import (
+    accel_probe,
+    boot_ready,
+    gateway_overhead,
+    idle_tokens,
+    image_build,
+    memory,
+    say_roundtrip,
+)
 from bench._common import machine, say, unwind_on_sigterm
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--says", type=int, default=5, help="say: measured says (default 5)")
     p.add_argument(
         "--only",
-        default="boot,memory,build,gateway,tokens,say",
+        default="boot,probe,memory,build,gateway,tokens,say",
         help="comma-separated parts to run",
     )
     p.add_argument(
@@ -48,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parts: dict[str, Callable[[], dict[str, Any]]] = {
         "boot": lambda: boot_ready.measure(args.runs),
+        "probe": lambda: accel_probe.measure(args.runs),
         "memory": lambda: memory.measure(args.idle),
         # No VM: the gateway's latency and an idle claw's tokens.
         "gateway": lambda: gateway_overhead.measure(args.rounds),

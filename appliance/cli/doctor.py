@@ -90,7 +90,7 @@ def _image(settings: Settings) -> tuple[Check, Check | None]:
         return Check("golden image", False, exc.what, exc.fix), None
     image_ok = Check("golden image", True, f"{image.version}, sha256 verified")
     try:
-        choice = app.accelerator_picker(settings)(image.kernel, image.initrd)
+        choice = app.accelerator_picker(settings)()
     except ClawdenError as exc:
         return image_ok, Check("accelerator", False, exc.what, exc.fix)
     return image_ok, Check("accelerator", True, f"{choice.accelerator.value}: {choice.note}")

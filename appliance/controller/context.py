@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from appliance.config import Settings
 from appliance.core.ports import AcceleratorChoice, Hypervisor
 from appliance.store import AuditLog, ClawRepository, KeyRepository, OperationLog, Store
 
 Progress = Callable[[str], None]
-# Picks the accelerator for new domains, given the golden kernel and initrd;
-# probing boots a VM, so the real implementation caches its verdict.
-AcceleratorPicker = Callable[[Path, Path], AcceleratorChoice]
+# Picks the accelerator for new domains; probing starts a VM, so the real
+# implementation caches its verdict.
+AcceleratorPicker = Callable[[], AcceleratorChoice]
 
 
 def silent(_: str) -> None:

@@ -253,7 +253,7 @@ class Lifecycle:
     def _define(self, op: Operation, progress: Progress) -> None:
         claw = self.ctx.claws.require(op.claw)
         image = self.verified_image()
-        choice = self.ctx.pick_accelerator(image.kernel, image.initrd)
+        choice = self.ctx.pick_accelerator()
         progress(f"accelerator: {choice.accelerator.value} ({choice.note})")
         spec = build_domain_spec(self.ctx.settings, claw, image, choice.accelerator)
         # A pre-tag domain holding the claw's UUID takes its tagged name

@@ -33,7 +33,7 @@ class Disk:
 @dataclass(frozen=True)
 class DirectKernelBoot:
     kernel: Path
-    initrd: Path
+    initrd: Path | None  # None: no initramfs (the accelerator probe's image)
     cmdline: str
 
 

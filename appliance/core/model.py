@@ -88,14 +88,25 @@ class Claw:
 # Every claw domain of every installation starts with this. The accelerator
 # probe names its throw-away domains ``clawdenprobe-*`` so they never match.
 DOMAIN_PREFIX = "clawden-"
+PROBE_DOMAIN_PREFIX = "clawdenprobe-"
 _TAG_RE = re.compile(r"^[0-9a-f]{8}$")
+
+
+def _tag(installation: str) -> str:
+    if not _TAG_RE.match(installation):
+        raise ValueError(f"invalid installation tag {installation!r}")  # a bug, not input
+    return installation
 
 
 def domain_prefix(installation: str) -> str:
     """The prefix of one installation's claw domains: ``clawden-<installation>-``."""
-    if not _TAG_RE.match(installation):
-        raise ValueError(f"invalid installation tag {installation!r}")  # a bug, not input
-    return f"{DOMAIN_PREFIX}{installation}-"
+    return f"{DOMAIN_PREFIX}{_tag(installation)}-"
+
+
+def probe_prefix(installation: str) -> str:
+    """The prefix of one installation's accelerator probe domains:
+    ``clawdenprobe-<installation>-``, so it cleans up only its own."""
+    return f"{PROBE_DOMAIN_PREFIX}{_tag(installation)}-"
 
 
 def domain_name(installation: str, claw_name: str) -> str:

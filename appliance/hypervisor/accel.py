@@ -1,14 +1,16 @@
-"""Choose KVM, HVF or TCG by *booting*, not by looking for /dev/kvm.
+"""Choose KVM, HVF or TCG by *running guest code*, not by looking for /dev/kvm.
 
 A /dev/kvm that exists is not a KVM that works: under nested virtualisation
 QEMU may abort (``-cpu host`` on an unknown MSR) or hang in the guest's
-first instructions. So when hardware acceleration is plausible we boot the
-real kernel in a tiny transient domain with an init that does not exist; the
-kernel gets through its whole boot, fails to find init and panics, printing
-"Kernel panic" on the serial console. If that line shows up within a bounded
-time the accelerator works; anything else (an error, QEMU exiting, a hang)
-means TCG, with a note saying why. The outcome is cached per host kernel,
-QEMU and libvirt version, so the probe runs once per upgrade.
+first instructions. So when hardware acceleration is plausible we start a
+tiny transient domain under it, rendered like a claw's (same accelerator,
+CPU, clock and machine XML), whose kernel is a 1.5 KiB boot image generated
+here (``probe_image.py``): it switches to long mode and prints a fresh token
+on the serial console from a timer interrupt handler. If the token shows up
+within a bounded time the accelerator works; anything else (an error, QEMU
+exiting, a hang) means TCG, with a note saying why. The outcome is cached
+per host kernel, QEMU and libvirt version, so the probe runs once per
+upgrade.
 """
 
 from __future__ import annotations
@@ -26,21 +28,19 @@ from typing import Any
 
 from appliance.core.domain import Accelerator, DirectKernelBoot, DomainSpec
 from appliance.core.errors import HypervisorError, InvalidInput
+from appliance.core.model import probe_prefix
 from appliance.core.ports import AcceleratorChoice
 from appliance.hypervisor.domain import render_domain_xml
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
+from appliance.hypervisor.probe_image import boot_image, new_token
 
 ENV_OVERRIDE = "CLAWDEN_ACCEL"
-PROBE_TIMEOUT = 20.0
-# Not "clawden-": that prefix is the controller's, and reconcile would treat a
-# probe domain as an orphan claw.
-PROBE_PREFIX = "clawdenprobe-"
-# rdinit points nowhere, there is no root=: the kernel finishes booting and
-# panics; panic=-1 reboots at once, which the probe domain turns into an exit.
-PROBE_CMDLINE = "console=ttyS0 panic=-1 rdinit=/clawden-probe-no-such-init loglevel=4"
-# Lines the kernel prints only after it has booted all the way.
-PROBE_MARKERS = ("Kernel panic", "Run /", "Failed to execute")
-_POLL = 0.25
+# From the domain's start to the token: ~0.3 s under TCG on this loaded
+# 2-core machine, milliseconds under a working KVM. Ten times TCG's worst
+# seen, so only a hang (or a host too loaded to run anything) times out.
+PROBE_TIMEOUT = 3.0
+PROBE_MEMORY_MIB = 32  # SeaBIOS and the image need a few hundred KiB
+_POLL = 0.05
 
 
 def _override(env: Mapping[str, str]) -> AcceleratorChoice | None:
@@ -82,15 +82,16 @@ def offered_domain_types(capabilities_xml: str, arch: str = "x86_64") -> set[str
     }
 
 
-def probe_spec(accel: Accelerator, kernel: Path, initrd: Path, workdir: Path) -> DomainSpec:
+def probe_spec(accel: Accelerator, installation: str, workdir: Path) -> DomainSpec:
+    """The probe domain: a claw's XML with the boot image as its kernel."""
     token = secrets.token_hex(4)
     return DomainSpec(
-        name=f"{PROBE_PREFIX}{token}",
+        name=f"{probe_prefix(installation)}{token}",
         uuid=str(uuid.uuid4()),
         vcpus=1,
-        memory_mib=256,
+        memory_mib=PROBE_MEMORY_MIB,
         accelerator=accel,
-        boot=DirectKernelBoot(kernel=kernel, initrd=initrd, cmdline=PROBE_CMDLINE),
+        boot=DirectKernelBoot(kernel=workdir / f"probe-{token}.img", initrd=None, cmdline=""),
         disks=(),
         control_socket=workdir / f"probe-{token}.sock",
         console_log=workdir / f"probe-{token}.log",
@@ -98,7 +99,7 @@ def probe_spec(accel: Accelerator, kernel: Path, initrd: Path, workdir: Path) ->
 
 
 def probe_xml(spec: DomainSpec) -> str:
-    """The claw XML with one change: a reboot (the panic) ends the domain."""
+    """The claw XML with one change: a reboot (a triple fault) ends the domain."""
     root = ET.fromstring(render_domain_xml(spec))  # noqa: S314 - our own output
     on_reboot = root.find("on_reboot")
     assert on_reboot is not None  # render_domain_xml always writes it
@@ -106,28 +107,34 @@ def probe_xml(spec: DomainSpec) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def _read(path: Path) -> str:
+def _read(path: Path) -> bytes:
     try:
-        return path.read_text(errors="replace")
+        return path.read_bytes()
     except OSError:
-        return ""  # virtlogd has not created it yet
+        return b""  # virtlogd has not created it yet
 
 
 def probe_boot(
     hv: LibvirtHypervisor,
     accel: Accelerator,
-    kernel: Path,
-    initrd: Path,
+    installation: str,
     workdir: Path,
     timeout: float = PROBE_TIMEOUT,
 ) -> str | None:
-    """Boot the kernel under ``accel``; ``None`` if it booted, else the reason.
+    """Run the boot image under ``accel``; ``None`` if it printed its token,
+    else the reason.
 
     Never leaves a domain behind: it is transient and destroyed on every path.
     """
+    # QEMU opens the image by path, as the user it runs as under
+    # qemu:///system: the directory must be traversable and the file readable.
     workdir.mkdir(parents=True, exist_ok=True)
-    workdir.chmod(0o711)  # QEMU runs as another user under qemu:///system
-    spec = probe_spec(accel, kernel, initrd, workdir)
+    workdir.chmod(0o711)
+    spec = probe_spec(accel, installation, workdir)
+    token = new_token()
+    image = spec.boot.kernel
+    image.write_bytes(boot_image(token))
+    image.chmod(0o644)
     try:
         try:
             hv.create_transient(probe_xml(spec))
@@ -135,28 +142,30 @@ def probe_boot(
             return f"QEMU refused to start a {accel.value} domain ({exc.what})"
         deadline = time.monotonic() + timeout
         while True:
-            if any(m in _read(spec.console_log) for m in PROBE_MARKERS):
+            if token in _read(spec.console_log):
                 return None
             if hv.state(spec.name) is None:
                 # Gone: read once more in case virtlogd flushed late.
-                if any(m in _read(spec.console_log) for m in PROBE_MARKERS):
+                if token in _read(spec.console_log):
                     return None
-                return "QEMU stopped before the test kernel finished booting"
+                return "QEMU stopped before the test image printed its token"
             if time.monotonic() >= deadline:
                 return f"a test boot did not finish in {timeout:g} s (nested virtualisation?)"
             time.sleep(_POLL)
     finally:
         hv.force_off(spec.name)
-        for path in (spec.console_log, spec.control_socket):
+        for path in (spec.console_log, spec.control_socket, image):
             path.unlink(missing_ok=True)
 
 
-def _clean_stale_probes(hv: LibvirtHypervisor, workdir: Path) -> None:
-    """Remove what an interrupted probe left (its process died, or libvirtd
-    restarted mid-probe): a hung probe domain would burn a core forever."""
-    for name in hv.list_domains(PROBE_PREFIX):
+def _clean_stale_probes(hv: LibvirtHypervisor, installation: str, workdir: Path) -> None:
+    """Remove what an interrupted probe of *this* installation left (its
+    process died, or libvirtd restarted mid-probe): a hung probe domain
+    would burn a core forever. Another installation's probes on the same
+    libvirt carry its tag and are left alone: one may be running right now."""
+    for name in hv.list_domains(probe_prefix(installation)):
         hv.force_off(name)
-    for pattern in ("probe-*.log", "probe-*.sock"):
+    for pattern in ("probe-*.log", "probe-*.sock", "probe-*.img"):
         for path in workdir.glob(pattern):
             path.unlink(missing_ok=True)
 
@@ -191,8 +200,7 @@ def _save_cache(cache_file: Path, key: Mapping[str, Any], choice: AcceleratorCho
 
 def choose_accelerator(
     hv_uri: str,
-    kernel: Path,
-    initrd: Path,
+    installation: str,
     workdir: Path,
     cache_file: Path,
     *,
@@ -204,6 +212,7 @@ def choose_accelerator(
 ) -> AcceleratorChoice:
     """Pick the accelerator for claw domains on ``hv_uri``.
 
+    ``installation`` is the installation's tag: its probe domains carry it.
     ``CLAWDEN_ACCEL`` skips everything; ``force`` ignores the cache and probes
     again. ``system`` and ``kvm_device`` exist for tests.
     """
@@ -215,7 +224,7 @@ def choose_accelerator(
         return AcceleratorChoice(Accelerator.TCG, why_not)
     hv = LibvirtHypervisor(hv_uri)
     try:
-        return _decide(hv, candidate, kernel, initrd, workdir, cache_file, force, timeout)
+        return _decide(hv, candidate, installation, workdir, cache_file, force, timeout)
     finally:
         hv.close()
 
@@ -223,8 +232,7 @@ def choose_accelerator(
 def _decide(
     hv: LibvirtHypervisor,
     candidate: Accelerator,
-    kernel: Path,
-    initrd: Path,
+    installation: str,
     workdir: Path,
     cache_file: Path,
     force: bool,
@@ -243,10 +251,12 @@ def _decide(
             "using TCG — VMs will be slower",
         )
     else:
-        _clean_stale_probes(hv, workdir)
-        failure = probe_boot(hv, candidate, kernel, initrd, workdir, timeout)
+        _clean_stale_probes(hv, installation, workdir)
+        failure = probe_boot(hv, candidate, installation, workdir, timeout)
         if failure is None:
-            choice = AcceleratorChoice(candidate, f"{name} test boot reached the kernel's end")
+            choice = AcceleratorChoice(
+                candidate, f"{name} ran a test image through long mode and a timer interrupt"
+            )
         else:
             choice = AcceleratorChoice(
                 Accelerator.TCG,

@@ -39,7 +39,8 @@ def _os(root: ET.Element, boot: DirectKernelBoot) -> None:
     os_el = _sub(root, "os")
     _sub(os_el, "type", "hvm", arch="x86_64", machine="q35")
     _sub(os_el, "kernel", str(boot.kernel))
-    _sub(os_el, "initrd", str(boot.initrd))
+    if boot.initrd is not None:
+        _sub(os_el, "initrd", str(boot.initrd))
     _sub(os_el, "cmdline", boot.cmdline)
 
 

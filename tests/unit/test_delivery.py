@@ -318,7 +318,7 @@ def controller(tmp_path: Path, sshd: LocalSshd, agent: Path) -> Iterator[_Harnes
         settings=settings,
         store=Store(db),
         hypervisor=_RunningHypervisor(),
-        pick_accelerator=lambda k, i: AcceleratorChoice(Accelerator.TCG, "test"),
+        pick_accelerator=lambda: AcceleratorChoice(Accelerator.TCG, "test"),
         actor="controller",
     )
     ctx.claws.add(Claw("alice", "Alice", ClawState.RUNNING, "img", 1, 512, "2026-01-01"))
@@ -580,7 +580,7 @@ def test_a_connection_lookup_asks_about_that_one_claw_only(tmp_path: Path, sshd:
         settings=settings,
         store=Store(db),
         hypervisor=hv,
-        pick_accelerator=lambda k, i: AcceleratorChoice(Accelerator.TCG, "test"),
+        pick_accelerator=lambda: AcceleratorChoice(Accelerator.TCG, "test"),
         actor="controller",
     )
     for name in ("alice", "bob", "carol", "dave"):

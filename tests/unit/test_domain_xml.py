@@ -213,12 +213,52 @@ def test_duplicate_disk_targets_are_refused() -> None:
     assert info.value.fix
 
 
-def test_probe_xml_ends_on_reboot() -> None:
-    spec = probe_spec(Accelerator.KVM, Path("/k/vmlinuz"), Path("/k/initrd"), Path("/w"))
+def probe_spec_fixed(accel: Accelerator = Accelerator.KVM) -> DomainSpec:
+    """The probe's spec with its random name and UUID pinned, for golden files."""
+    spec = probe_spec(accel, "0123abcd", Path("/var/lib/clawden/accel-probe"))
+    return replace(
+        spec,
+        name="clawdenprobe-0123abcd-5eed5eed",
+        uuid="00000000-0000-4000-8000-000000000001",
+        boot=replace(spec.boot, kernel=Path("/var/lib/clawden/accel-probe/probe-5eed5eed.img")),
+        control_socket=Path("/var/lib/clawden/accel-probe/probe-5eed5eed.sock"),
+        console_log=Path("/var/lib/clawden/accel-probe/probe-5eed5eed.log"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("accel", "golden"),
+    [(Accelerator.KVM, "probe_kvm.xml"), (Accelerator.TCG, "probe_tcg.xml")],
+)
+def test_probe_xml_matches_golden_file(accel: Accelerator, golden: str) -> None:
+    rendered = probe_xml(probe_spec_fixed(accel))
+    path = GOLDEN / golden
+    if UPDATE:
+        path.write_text(rendered)
+    assert rendered == path.read_text()
+
+
+def test_probe_xml_is_a_claws_but_boots_the_test_image_and_ends_on_reboot() -> None:
+    spec = probe_spec(Accelerator.KVM, "0123abcd", Path("/w"))
     root = ET.fromstring(probe_xml(spec))
     assert root.findtext("on_reboot") == "destroy"
     assert root.findall("devices/disk") == []
-    assert not spec.name.startswith("clawden-")  # the controller's prefix
+    assert root.findtext("os/kernel") == str(spec.boot.kernel)
+    assert spec.boot.kernel.parent == Path("/w")
+    assert root.find("os/initrd") is None  # the image needs none
+    # The same accelerator, CPU and clock a KVM claw gets: that is what is proved.
+    claw = parse(claw_spec(Accelerator.KVM))
+    for path in ("cpu", "clock", "features", "os/type"):
+        assert ET.tostring(root.find(path)) == ET.tostring(claw.find(path)), path  # type: ignore[arg-type]
+    assert root.get("type") == "kvm"
+    # Its name carries the installation's tag, never the controller's prefix.
+    assert spec.name.startswith("clawdenprobe-0123abcd-")
+    assert not spec.name.startswith("clawden-")
+
+
+def test_probe_spec_refuses_a_malformed_installation_tag() -> None:
+    with pytest.raises(ValueError, match="installation tag"):
+        probe_spec(Accelerator.KVM, "../etc", Path("/w"))
 
 
 def _validate(xml: str, path: Path) -> subprocess.CompletedProcess[str]:
@@ -248,7 +288,7 @@ def _validate(xml: str, path: Path) -> subprocess.CompletedProcess[str]:
         ),
         pytest.param(render_domain_xml(replace(claw_spec(), cpu_quota=None)), id="no-quota"),
         pytest.param(
-            probe_xml(probe_spec(Accelerator.KVM, Path("/k/v"), Path("/k/i"), Path("/w"))),
+            probe_xml(probe_spec(Accelerator.KVM, "0123abcd", Path("/w"))),
             id="probe",
         ),
     ],

@@ -4,6 +4,7 @@ and the contract tests that hold FakeHypervisor to the same behaviour."""
 from __future__ import annotations
 
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,14 +21,16 @@ from appliance.core.domain import (
     DomainSpec,
     cpu_quota,
 )
-from appliance.core.errors import Conflict, InvalidInput, NotFound, Unavailable
+from appliance.core.errors import Conflict, HypervisorError, InvalidInput, NotFound, Unavailable
+from appliance.core.model import probe_prefix
 from appliance.core.ports import AcceleratorChoice, DomainState, Hypervisor
-from appliance.hypervisor import accel
+from appliance.hypervisor import accel, probe_image
 from appliance.hypervisor.fake import FakeHypervisor
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
 
 TEST_URI = "test:///default"
 PREFIX = "clawdentest-"
+TAG = "0123abcd"  # this installation's tag
 
 
 def make_spec(tmp: Path, name: str | None = None) -> DomainSpec:
@@ -275,8 +278,7 @@ def choose(tmp_path: Path, **kwargs: object) -> AcceleratorChoice:
     args.update(kwargs)
     return accel.choose_accelerator(
         TEST_URI,
-        tmp_path / "vmlinuz",
-        tmp_path / "initrd.img",
+        TAG,
         tmp_path / "probe",
         tmp_path / "accel.json",
         **args,  # type: ignore[arg-type]
@@ -329,22 +331,91 @@ def test_kvm_not_offered_by_libvirt_means_tcg_and_is_cached(tmp_path: Path) -> N
 def test_probe_that_never_prints_times_out_and_cleans_up(tmp_path: Path) -> None:
     hv = LibvirtHypervisor(TEST_URI)
     workdir = tmp_path / "probe"
-    reason = accel.probe_boot(hv, Accelerator.KVM, tmp_path / "k", tmp_path / "i", workdir, 0.2)
+    reason = accel.probe_boot(hv, Accelerator.KVM, TAG, workdir, 0.2)
     assert reason is not None and "did not finish" in reason
-    assert hv.list_domains(accel.PROBE_PREFIX) == []
+    assert hv.list_domains(probe_prefix(TAG)) == []
+    assert list(workdir.iterdir()) == []  # boot image, log and socket all gone
+
+
+def _probe_with_console(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, console: bytes, token: bytes
+) -> tuple[str | None, DomainSpec]:
+    """Run probe_boot on the test driver with ``console`` standing in for what
+    virtlogd writes from the guest and ``token`` as the probe's fresh token."""
+    hv = LibvirtHypervisor(TEST_URI)
+    workdir = tmp_path / "probe"
+    spec = accel.probe_spec(Accelerator.KVM, TAG, workdir)
+    monkeypatch.setattr(accel, "probe_spec", lambda *_args: spec)
+    monkeypatch.setattr(accel, "new_token", lambda: token)
+    workdir.mkdir()
+    spec.console_log.write_bytes(console)
+    reason = accel.probe_boot(hv, Accelerator.KVM, TAG, workdir, 0.3)
+    assert hv.state(spec.name) is None
+    assert not spec.console_log.exists() and not spec.boot.kernel.exists()
+    return reason, spec
+
+
+def test_probe_that_prints_its_token_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = b"clawden-accel-ok-0123456789abcdef\n"
+    reason, _ = _probe_with_console(tmp_path, monkeypatch, b"SeaBIOS\r\n" + token, token)
+    assert reason is None
+
+
+def test_probe_ignores_another_probes_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only this probe's fresh token counts, not an earlier one's in the log.
+    ours = b"clawden-accel-ok-0123456789abcdef\n"
+    theirs = b"clawden-accel-ok-fedcba9876543210\n"
+    reason, _ = _probe_with_console(tmp_path, monkeypatch, theirs, ours)
+    assert reason is not None and "did not finish" in reason
+
+
+def test_probe_writes_a_boot_image_carrying_its_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bytes] = []
+    token = b"clawden-accel-ok-0123456789abcdef\n"
+
+    def create(self: LibvirtHypervisor, xml: str) -> None:
+        kernel = ET.fromstring(xml).findtext("os/kernel")
+        assert kernel is not None
+        seen.append(Path(kernel).read_bytes())  # what QEMU would load
+        raise HypervisorError("QEMU aborted: failed to set MSR 0x10a", "")
+
+    monkeypatch.setattr(LibvirtHypervisor, "create_transient", create)
+    monkeypatch.setattr(accel, "new_token", lambda: token)
+    workdir = tmp_path / "probe"
+    reason = accel.probe_boot(LibvirtHypervisor(TEST_URI), Accelerator.KVM, TAG, workdir)
+    # A QEMU that refuses to start is a verdict, with libvirt's words in it.
+    assert reason is not None and "MSR 0x10a" in reason and "refused" in reason
+    (image,) = seen
+    assert probe_image.encoded_token(image) == token
+    assert oct(workdir.stat().st_mode & 0o777) == "0o711"  # QEMU's user reaches it
     assert list(workdir.iterdir()) == []
 
 
-def test_probe_that_reaches_the_panic_succeeds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_stale_probes_of_this_installation_only_are_cleaned(tmp_path: Path) -> None:
     hv = LibvirtHypervisor(TEST_URI)
     workdir = tmp_path / "probe"
-    spec = accel.probe_spec(Accelerator.KVM, tmp_path / "k", tmp_path / "i", workdir)
-    monkeypatch.setattr(accel, "probe_spec", lambda *_args: spec)
+    ours = accel.probe_spec(Accelerator.KVM, TAG, workdir)
+    theirs = accel.probe_spec(Accelerator.KVM, "89abcdef", tmp_path / "theirs")
+    claw = make_spec(tmp_path)  # not a probe at all
+    for spec in (ours, theirs, claw):
+        hv.create_transient(accel.probe_xml(spec))
     workdir.mkdir()
-    # Stands in for virtlogd writing the guest's console.
-    spec.console_log.write_text("[ 0.9] Kernel panic - not syncing: VFS: Unable to mount root\n")
-    assert accel.probe_boot(hv, Accelerator.KVM, tmp_path / "k", tmp_path / "i", workdir) is None
-    assert hv.state(spec.name) is None
-    assert not spec.console_log.exists()
+    leftovers = [workdir / f"probe-dead.{ext}" for ext in ("img", "log", "sock")]
+    for path in leftovers:
+        path.touch()
+    try:
+        accel._clean_stale_probes(hv, TAG, workdir)
+        assert hv.state(ours.name) is None
+        # Another installation's probe may be running right now: left alone.
+        assert hv.state(theirs.name) is DomainState.RUNNING
+        assert hv.state(claw.name) is DomainState.RUNNING
+        assert not any(path.exists() for path in leftovers)
+    finally:
+        hv.force_off(theirs.name)
+        hv.force_off(claw.name)

@@ -88,7 +88,7 @@ def _installation(home: Path, hypervisor: Hypervisor) -> Context:
         settings=settings,
         store=Store.open(settings.db_path),
         hypervisor=hypervisor,
-        pick_accelerator=lambda k, i: AcceleratorChoice(Accelerator.TCG, "test"),
+        pick_accelerator=lambda: AcceleratorChoice(Accelerator.TCG, "test"),
     )
 
 
