@@ -92,7 +92,7 @@ def test_five_quiet_beats_each_carry_the_same_two_messages_and_one_tool(workspac
         assert "## IDENTITY.md" in system and "Pebble" in system
         assert "Keep this short" not in system  # the checklist's comment is left out
         assert "## SOUL.md" not in system and "## MEMORY.md" not in system
-        assert body["messages"][1]["content"].startswith("Heartbeat.")
+        assert body["messages"][1]["content"].startswith("Heartbeat:")
         assert est_tokens(body) <= 2_000
     # No beat carries an earlier one: the fifth call is the first call again.
     assert all(body["messages"] == beats[0]["messages"] for body in beats)
