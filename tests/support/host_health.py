@@ -73,13 +73,13 @@ class VictimProbe:
     def run(self) -> None:
         api, llm = self.host.port(self.claw, "hostapi"), self.host.port(self.claw, "llm")
         while not self._stop.is_set():
-            for what, call in (
-                ("host API whoami", lambda: request(api, "GET", "/v1/whoami", None, 30)),
-                ("gateway call", lambda: chat(llm)),
-            ):
+            for what in ("host API whoami", "gateway call"):
                 started = time.monotonic()
                 try:
-                    status, _body = call()
+                    if what == "gateway call":
+                        status, _body = chat(llm)
+                    else:
+                        status, _body = request(api, "GET", "/v1/whoami", None, 30)
                 except OSError as exc:
                     status, _body = 0, repr(exc)
                 took = time.monotonic() - started

@@ -133,7 +133,8 @@ def _scripted_upstream(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 @contextmanager
