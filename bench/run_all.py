@@ -1,8 +1,8 @@
 """Run every benchmark one after the other and write one JSON results file.
 
     .venv/bin/python -m bench.run_all [--runs 3] [--cold 2] [--cached 3] [--idle 30]
-                                      [--rounds 200] [--says 5]
-                                      [--only boot,probe,memory,build,gateway,tokens,say]
+                                      [--rounds 200] [--says 5] [--flood-rounds 3]
+                                      [--only boot,probe,memory,build,gateway,tokens,say,flood,rss]
 
 Writes ``bench/results/<UTC time>.json`` (gitignored) and prints its path.
 Each part waits for the machine to be quiet (no pytest) before it starts,
@@ -24,6 +24,8 @@ from typing import Any
 from bench import (
     accel_probe,
     boot_ready,
+    controller_rss,
+    flood_latency,
     gateway_overhead,
     idle_tokens,
     image_build,
@@ -43,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle", type=float, default=30.0, help="memory: idle seconds (default 30)")
     p.add_argument("--rounds", type=int, default=200, help="gateway: measured rounds (default 200)")
     p.add_argument("--says", type=int, default=5, help="say: measured says (default 5)")
+    p.add_argument("--flood-rounds", type=int, default=3, help="flood: rounds (default 3)")
     p.add_argument(
         "--only",
-        default="boot,probe,memory,build,gateway,tokens,say",
+        default="boot,probe,memory,build,gateway,tokens,say,flood,rss",
         help="comma-separated parts to run",
     )
     p.add_argument(
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         "gateway": lambda: gateway_overhead.measure(args.rounds),
         "tokens": idle_tokens.measure,
         "say": lambda: say_roundtrip.measure(args.says),
+        # No VM: one claw floods the host services, another is measured.
+        "flood": lambda: flood_latency.measure(args.flood_rounds),
+        "rss": controller_rss.measure,
         # Last: a cold build saturates both cores and the network.
         "build": lambda: image_build.measure(args.cold, args.cached),
     }

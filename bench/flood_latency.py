@@ -1,0 +1,131 @@
+"""Another claw's latency while one claw floods the host services, against
+the same with no flood, interleaved in one run.
+
+The host is the controller's claw-facing half in a process of its own, built
+from the composition root (``tests/support/host_process.py``), serving two
+claws through a real OpenSSH sshd: ``bob`` (measured) and ``alice`` (the
+attacker). Each round measures bob for ``--seconds`` with no flood, then
+under each flood of ``bench/_floods.py`` (connections, requests, long polls,
+gateway calls; each in a process of its own), in a rotating order so drift
+hits all of them alike. Bob's requests, one at a time, each on a new
+connection (so a connection flood is felt where it bites: sshd, the channel
+open, the host's accept path):
+
+``hostapi``  ``GET /v1/schedules`` (a read from the host's database);
+``gateway``  a chat completion through the LLM gateway to a scripted
+             upstream that answers at once (its own process).
+
+Reported: p50/p90/p99 per flood and per kind, and the ratio to the no-flood
+baseline; the target is **≤ 1.5×** at p50 and p99 for the worst flood.
+
+    .venv/bin/python -m bench.flood_latency [--rounds 3] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import machine, say, unwind_on_sigterm
+from bench._floods import FLOODS, flood
+from bench._stats import latency_ms, ratios
+from tests.support.host_health import chat, request
+from tests.support.hostile_host import MODEL, host_process
+
+TARGET = 1.5
+KINDS = ("hostapi", "gateway")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _sample(ports: dict[str, int], seconds: float) -> dict[str, list[float]]:
+    """Bob's requests, one after the other, for ``seconds``."""
+    out: dict[str, list[float]] = {k: [] for k in KINDS}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for kind in KINDS:
+            started = time.perf_counter()
+            if kind == "hostapi":
+                status, body = request(ports["hostapi"], "GET", "/v1/schedules", None, 30)
+            else:
+                status, body = chat(ports["llm"])
+            took = time.perf_counter() - started
+            if status != 200:
+                raise RuntimeError(f"bob's {kind} request failed: {status} {str(body)[:200]}")
+            out[kind].append(took)
+    return out
+
+
+def measure(rounds: int = 3, seconds: float = 8.0) -> dict[str, Any]:
+    samples: dict[str, dict[str, list[float]]] = {
+        phase: {k: [] for k in KINDS} for phase in ("none", *FLOODS)
+    }
+    # The host process's CPU use per phase (fraction of one core): how much of
+    # the slowdown is the host's own work under the flood (its GIL is one).
+    cpu: dict[str, list[float]] = {phase: [] for phase in ("none", *FLOODS)}
+    workdir = Path(tempfile.mkdtemp(prefix="clawden-bench-flood-", dir="/var/tmp"))
+    with host_process(workdir, ["bob", "alice"]) as host:
+        bob, alice = host.ports["bob"], host.ports["alice"]
+        status, approval = request(
+            alice["hostapi"], "POST", "/v1/approvals", {"action": "a", "details": "d"}
+        )
+        if status != 201:
+            raise RuntimeError(f"could not make alice's approval: {status} {approval}")
+        _sample(bob, 1.0)  # warm up
+        for n in range(rounds):
+            order = list(FLOODS[n % len(FLOODS) :] + FLOODS[: n % len(FLOODS)])
+            for kind in order:
+                # A baseline next to every flood: pairs share the same drift.
+                say(f"round {n + 1}/{rounds}: no flood, then {kind}")
+                used, started = _cpu_s(host.pid), time.monotonic()
+                for key, values in _sample(bob, seconds).items():
+                    samples["none"][key] += values
+                cpu["none"].append((_cpu_s(host.pid) - used) / (time.monotonic() - started))
+                with flood(kind, alice, MODEL, approval["id"], seconds + 5):
+                    used, started = _cpu_s(host.pid), time.monotonic()
+                    for key, values in _sample(bob, seconds).items():
+                        samples[kind][key] += values
+                    cpu[kind].append((_cpu_s(host.pid) - used) / (time.monotonic() - started))
+                time.sleep(2)  # let the host settle (the flood's connections close)
+    results: dict[str, Any] = {
+        "rounds": rounds,
+        "seconds_per_phase": seconds,
+        "target": TARGET,
+        "host_cpu_cores": {p: round(sum(v) / len(v), 2) for p, v in cpu.items() if v},
+    }
+    for kind in KINDS:
+        base = latency_ms(samples["none"][kind])
+        per: dict[str, Any] = {"none": base}
+        for phase in FLOODS:
+            summary = latency_ms(samples[phase][kind])
+            per[phase] = {**summary, "ratio": ratios(summary, base)}
+        worst = max(FLOODS, key=lambda p: max(per[p]["ratio"].values()))
+        per["worst"] = worst
+        per["met"] = all(per[worst]["ratio"][p] <= TARGET for p in ("p50", "p99"))
+        results[kind] = per
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=8.0)
+    args = p.parse_args(argv)
+    unwind_on_sigterm()
+    out = {"machine": machine(), **measure(args.rounds, args.seconds)}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
