@@ -18,7 +18,7 @@ from appliance.channel.logbudget import ClawLogBudget
 from appliance.config import Settings
 from appliance.controller.context import AcceleratorPicker, Context
 from appliance.core.ports import AcceleratorChoice, Hypervisor
-from appliance.core.quotas import Refusals
+from appliance.core.quotas import Pacer, Refusals
 from appliance.hypervisor.accel import choose_accelerator
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
 from appliance.services.egress_stub import egress_stub_service
@@ -75,11 +75,13 @@ def service_registry(
     reports them); the LLM gateway (7702), which
     reads ``llm.toml`` per call, so a missing upstream is an OpenAI-shaped 503
     to the claw, never a failed start; and the egress stub (7703), which
-    refuses until the egress proxy exists."""
+    refuses until the egress proxy exists. The HTTP services share one
+    ``Pacer``: a claw's requests to all of them together are paced."""
+    pacer = Pacer()
     return ServiceRegistry(
         [
-            host_api_service(store, refusals=refusals),
-            llm_gateway_service(store, settings.home),
+            host_api_service(store, refusals=refusals, pacer=pacer),
+            llm_gateway_service(store, settings.home, pacer),
             egress_stub_service(),
         ]
     )

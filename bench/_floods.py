@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 FLOODS = ("connections", "requests", "longpolls", "gateway")
@@ -131,17 +132,59 @@ def _run(kind: str, ports: dict[str, int], model: str, approval: str, stop_at: f
     stop.set()
 
 
+# cgroup v1's cpu controller (this machine's, and CI's: no systemd); on a
+# cgroup v2 host the attacker is left uncapped and the results say so.
+_CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
+
+
+def cap_cpu(pids: list[int], percent: int, name: str) -> bool:
+    """Hold ``pids`` to ``percent`` of one core together, as a claw's
+    ``<cputune>`` holds its VM (everything a claw runs, its sshd included,
+    shares that quota); whether a cap could be set."""
+    if percent <= 0 or not (_CPU_CGROUP / "cpu.cfs_quota_us").exists():
+        return False
+    group = _CPU_CGROUP / name
+    group.mkdir(exist_ok=True)
+    (group / "cpu.cfs_period_us").write_text("100000")
+    (group / "cpu.cfs_quota_us").write_text(str(percent * 1000))
+    for pid in pids:
+        (group / "cgroup.procs").write_text(str(pid))
+    return True
+
+
+def uncap(name: str) -> None:
+    group = _CPU_CGROUP / name
+    if not group.exists():
+        return
+    for pid in (group / "cgroup.procs").read_text().split():
+        try:
+            (_CPU_CGROUP / "cgroup.procs").write_text(pid)
+        except OSError:
+            pass  # gone meanwhile
+    group.rmdir()
+
+
 @contextmanager
 def flood(
-    kind: str, ports: dict[str, int], model: str, approval: str, seconds: float
+    kind: str,
+    ports: dict[str, int],
+    model: str,
+    approval: str,
+    seconds: float,
+    cpu_percent: int = 0,
+    also_capped: tuple[int, ...] = (),
 ) -> Iterator[None]:
     """Run flood ``kind`` for at most ``seconds`` in its own process, while
-    the block runs (it is stopped when the block ends)."""
+    the block runs (it is stopped when the block ends). With ``cpu_percent``,
+    the flood (and ``also_capped``, e.g. the attacker's sshd) share that cap."""
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
         target=_run, args=(kind, ports, model, approval, time.time() + seconds), daemon=True
     )
     proc.start()
+    assert proc.pid is not None
+    if cpu_percent:
+        cap_cpu([proc.pid, *also_capped], cpu_percent, "clawden-bench-attacker")
     try:
         time.sleep(1.0)  # let it reach full strength before anything is measured
         yield
@@ -151,3 +194,5 @@ def flood(
         if proc.is_alive():
             proc.kill()
             proc.join()
+        if cpu_percent:
+            uncap("clawden-bench-attacker")

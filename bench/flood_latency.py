@@ -48,12 +48,43 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _listener_pids(port: int) -> list[int]:
+    """The processes holding the loopback listener on ``port``: the sshd that
+    carries that claw's forwards (its "guest" side)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = {os.readlink(fd) for fd in (proc / "fd").iterdir()}
+        except OSError:
+            continue  # gone, or not ours to read
+        if links & inodes:
+            pids.append(int(proc.name))
+    return pids
+
+
+# Bob is a claw at work, not a second flood: a request every 100 ms at most
+# (half the host's per-claw pace, appliance.core.quotas.REQUESTS_PER_SECOND),
+# so what is measured is the host's latency, not bob's own pacing.
+BOB_INTERVAL_S = 0.1
+
+
 def _sample(ports: dict[str, int], seconds: float) -> dict[str, list[float]]:
-    """Bob's requests, one after the other, for ``seconds``."""
+    """Bob's requests, one after the other (at most one per ``BOB_INTERVAL_S``),
+    for ``seconds``."""
     out: dict[str, list[float]] = {k: [] for k in KINDS}
     end = time.monotonic() + seconds
+    started = 0.0
     while time.monotonic() < end:
         for kind in KINDS:
+            time.sleep(max(0.0, BOB_INTERVAL_S - (time.perf_counter() - started)))
             started = time.perf_counter()
             if kind == "hostapi":
                 status, body = request(ports["hostapi"], "GET", "/v1/schedules", None, 30)
@@ -66,7 +97,7 @@ def _sample(ports: dict[str, int], seconds: float) -> dict[str, list[float]]:
     return out
 
 
-def measure(rounds: int = 3, seconds: float = 8.0) -> dict[str, Any]:
+def measure(rounds: int = 3, seconds: float = 8.0, attacker_cpu: int = 50) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {
         phase: {k: [] for k in KINDS} for phase in ("none", *FLOODS)
     }
@@ -81,6 +112,8 @@ def measure(rounds: int = 3, seconds: float = 8.0) -> dict[str, Any]:
         )
         if status != 201:
             raise RuntimeError(f"could not make alice's approval: {status} {approval}")
+        # The attacker's sshd shares its CPU cap: in a claw, sshd runs in the VM.
+        attacker_sshd = tuple(_listener_pids(alice["llm"]))
         _sample(bob, 1.0)  # warm up
         for n in range(rounds):
             order = list(FLOODS[n % len(FLOODS) :] + FLOODS[: n % len(FLOODS)])
@@ -91,7 +124,9 @@ def measure(rounds: int = 3, seconds: float = 8.0) -> dict[str, Any]:
                 for key, values in _sample(bob, seconds).items():
                     samples["none"][key] += values
                 cpu["none"].append((_cpu_s(host.pid) - used) / (time.monotonic() - started))
-                with flood(kind, alice, MODEL, approval["id"], seconds + 5):
+                with flood(
+                    kind, alice, MODEL, approval["id"], seconds + 5, attacker_cpu, attacker_sshd
+                ):
                     used, started = _cpu_s(host.pid), time.monotonic()
                     for key, values in _sample(bob, seconds).items():
                         samples[kind][key] += values
@@ -101,6 +136,8 @@ def measure(rounds: int = 3, seconds: float = 8.0) -> dict[str, Any]:
         "rounds": rounds,
         "seconds_per_phase": seconds,
         "target": TARGET,
+        "attacker_cpu_percent": attacker_cpu,
+        "attacker_sshd_pids": list(attacker_sshd),
         "host_cpu_cores": {p: round(sum(v) / len(v), 2) for p, v in cpu.items() if v},
     }
     for kind in KINDS:
@@ -120,9 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument(
+        "--attacker-cpu",
+        type=int,
+        default=50,
+        help="percent of one core the attacker (flood + its sshd) may use, as a claw's "
+        "<cputune> allows its VM (default 50, CLAWDEN_CPU_PERCENT's default); 0: uncapped",
+    )
     args = p.parse_args(argv)
     unwind_on_sigterm()
-    out = {"machine": machine(), **measure(args.rounds, args.seconds)}
+    out = {"machine": machine(), **measure(args.rounds, args.seconds, args.attacker_cpu)}
     print(json.dumps(out, indent=2))
     return 0
 

@@ -21,6 +21,13 @@ holds), must not be trusted:
   requested, and only while the transport holds fewer than
   ``MAX_OPEN_CHANNELS`` channels (the host's own exec and SFTP sessions
   included); everything else is refused before paramiko makes a channel.
+- **Channel opens come as fast as the guest sends them.** Each costs the
+  host's transport thread a little work (and the one interpreter lock all
+  claws share), so a claw opening and closing connections in a loop slowed
+  the other claws' requests 2-4x. Here the transport thread waits its turn
+  before it handles a claw's open past a burst (``CHANNEL_OPENS_PER_SECOND``,
+  a ``Pacer``): the claw's further packets wait in its socket, and only its
+  own channel is slowed.
 - **Every channel id ever seen is remembered** (``channels_seen``): it is
   trimmed to the most recent ``SEEN_IDS_KEPT``.
 
@@ -47,6 +54,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -61,6 +69,7 @@ from paramiko.common import (
 from paramiko.packet import Packetizer
 
 from appliance.channel.logbudget import serving_claw
+from appliance.core.quotas import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,9 @@ MAX_OPEN_CHANNELS = 64
 # still in flight for a closed one is ignored rather than fatal. Past this many,
 # all but the newest half (and the open channels') are forgotten.
 SEEN_IDS_KEPT = 4096
+# Opens of forwarded connections a claw's transport handles per second, after
+# a burst of as many as it may hold open: an agent opens one per request.
+CHANNEL_OPENS_PER_SECOND = 20.0
 
 FORWARDED_TCPIP = b"forwarded-tcpip"
 SSH_EXTENDED_DATA_STDERR = 1
@@ -191,6 +203,7 @@ class ClawTransport(paramiko.Transport):
         self.violation: str | None = None
         self._forwards: set[tuple[str, int]] = set()
         self._forwards_lock = threading.Lock()
+        self._open_pacer = Pacer(CHANNEL_OPENS_PER_SECOND, MAX_OPEN_CHANNELS)
         packetizer = self.packetizer
         assert isinstance(packetizer, _BoundedPacketizer)
         packetizer.owner = self
@@ -245,6 +258,11 @@ class ClawTransport(paramiko.Transport):
             self._forwards.discard((address, port))
 
     def _parse_channel_open(self, m: paramiko.Message) -> None:
+        # On the transport's own thread: waiting here holds back this claw's
+        # packets only (its sshd's writes then wait in turn), never another's.
+        wait = self._open_pacer.delay(self.claw, time.monotonic())
+        if wait > 0:
+            time.sleep(wait)
         start = m.packet.tell()
         kind = m.get_string()
         peer_chanid = m.get_int()

@@ -57,6 +57,14 @@ APPROVALS_PER_HOUR = 20
 APPROVAL_WINDOW = timedelta(hours=1)
 # Every job is a model call waiting to happen; the operator has no such limit.
 MAX_CLAW_JOBS = 32
+# Every request a claw sends its host services (all of them together) is paced
+# to this rate after a burst: a claw answered at once with a refusal could
+# otherwise ask again as fast as its CPU allows, and every request — refused
+# or not — takes the controller's time and its one database lock from the
+# other claws (one claw's flood made another's requests 2-10x slower).
+# An agent makes a request per model call or tool call: a few a second at most.
+REQUESTS_PER_SECOND = 20.0
+REQUEST_BURST = 40
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,33 @@ class MessageRate:
             quota="messages.rate",
             retry_after_s=wait,
         )
+
+
+class Pacer:
+    """Spaces each claw's requests to ``per_second`` on average once a burst
+    of ``burst`` is spent (GCRA, the "virtual scheduling" form). Nothing is
+    refused: ``delay`` books the request's turn and says how long to wait for
+    it, so a flooding claw's requests queue behind each other — the wait is
+    bounded by the claw's own cap on open connections — while costing the
+    host no CPU. Thread-safe; ``now_s`` is a monotonic clock in seconds."""
+
+    def __init__(self, per_second: float = REQUESTS_PER_SECOND, burst: int = REQUEST_BURST):
+        if per_second <= 0 or burst < 1:
+            raise ValueError("a pacer needs a positive rate and a burst of at least 1")
+        self.per_second = per_second
+        self.burst = burst
+        self._interval = 1.0 / per_second
+        self._tolerance = (burst - 1) * self._interval
+        self._next: dict[str, float] = {}  # claw -> theoretical arrival time
+        self._lock = threading.Lock()
+
+    def delay(self, claw: str, now_s: float) -> float:
+        """Seconds the claw's request arriving at ``now_s`` should wait."""
+        with self._lock:
+            due = max(self._next.get(claw, now_s), now_s)
+            start = max(now_s, due - self._tolerance)
+            self._next[claw] = due + self._interval
+        return start - now_s
 
 
 class Refusals:

@@ -39,7 +39,7 @@ from appliance.core.errors import (
     Unavailable,
 )
 from appliance.core.messages import check_text
-from appliance.core.quotas import DEFAULT_QUOTAS, MessageRate, Quotas, Refusals
+from appliance.core.quotas import DEFAULT_QUOTAS, MessageRate, Pacer, Quotas, Refusals
 from appliance.core.schedule import CreatedBy, Job
 from appliance.core.textsafe import printable
 from appliance.schedule.jobs import schedule_add, schedule_rm
@@ -299,6 +299,7 @@ def host_api_service(
     store: Store | None = None,
     quotas: Quotas = DEFAULT_QUOTAS,
     refusals: Refusals | None = None,
+    pacer: Pacer | None = None,
 ) -> HttpService:
     """The host API; without a store only the identity routes exist (``whoami``,
     ``health``), which is all a channel test needs. ``refusals`` is shared
@@ -322,4 +323,4 @@ def host_api_service(
                 ("POST", "/v1/approvals/wait"): long_poll(_json_route(approvals.wait, guard)),
             }
         )
-    return HttpService("hostapi", HOST_API_PORT, routes)
+    return HttpService("hostapi", HOST_API_PORT, routes, pacer=pacer)

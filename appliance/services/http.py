@@ -26,7 +26,10 @@ answers):
 * concurrency, per claw: at most ``requests_per_claw`` requests in handlers at
   once and at most ``long_polls_per_claw`` of the routes marked ``long_poll``
   (the rest get 429 with Retry-After at once). The number of connections (and
-  so threads) is capped one layer down, in ``channel.forwarding``.
+  so threads) is capped one layer down, in ``channel.forwarding``;
+* rate, per claw: with a ``Pacer`` (the controller shares one between its
+  services), each request waits its turn before anything answers it, refusals
+  included, so no claw can make the host work for it faster than that rate.
 
 A route that raises gets a 500 with a generic body and the controller one log
 line: no traceback for input-shaped failures (``ClawdenError``,
@@ -49,6 +52,7 @@ import h11
 
 from appliance.channel.forwarding import ClawIdentity, ClawSlots, ForwardedConnection
 from appliance.core.errors import ClawdenError
+from appliance.core.quotas import Pacer
 from appliance.core.textsafe import printable
 
 log = logging.getLogger(__name__)
@@ -164,10 +168,12 @@ class HttpService:
         routes: Mapping[tuple[str, str], Route],
         *,
         limits: HttpLimits | None = None,
+        pacer: Pacer | None = None,
     ):
         self.name = name
         self.guest_port = guest_port
         self.limits = limits or HttpLimits()
+        self.pacer = pacer
         self._routes = dict(routes)
         # One service object serves every claw: these count per claw name.
         self._requests = ClawSlots(self.limits.requests_per_claw)
@@ -391,6 +397,12 @@ class _Connection:
     def _respond(self, request: HttpRequest) -> bool:
         """Answer one request; whether the connection can carry another."""
         service = self.service
+        if service.pacer is not None:
+            # Waiting holds this connection's thread, asleep: the claw's cap on
+            # connections bounds how many wait, and how long the queue is.
+            wait = service.pacer.delay(self.claw.name, time.monotonic())
+            if wait > 0:
+                time.sleep(wait)
         with service._requests.hold(self.claw.name) as admitted:
             if admitted:
                 response = service.dispatch(self.claw, request)

@@ -59,6 +59,7 @@ from appliance.core.llm_request import (
     parse_chat_request,
     preview,
 )
+from appliance.core.quotas import Pacer
 from appliance.llm.config import ConfigLoader, LlmConfig, Upstream, safe_url
 from appliance.services.http import HttpLimits, HttpRequest, HttpResponse, HttpService
 from appliance.store import Store
@@ -175,7 +176,7 @@ class LlmGateway:
     def close(self) -> None:
         self._http.close()
 
-    def service(self) -> HttpService:
+    def service(self, pacer: Pacer | None = None) -> HttpService:
         return HttpService(
             "llm",
             LLM_GATEWAY_PORT,
@@ -184,6 +185,7 @@ class LlmGateway:
                 ("GET", "/v1/models"): self.models,
             },
             limits=HttpLimits(max_body=MAX_REQUEST_BODY),
+            pacer=pacer,
         )
 
     # ---- routes ----------------------------------------------------------------
@@ -628,7 +630,7 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def llm_gateway_service(store: Store, home: Path) -> HttpService:
+def llm_gateway_service(store: Store, home: Path, pacer: Pacer | None = None) -> HttpService:
     """The gateway as the controller registers it: usage in the controller's
     ``Store``, and ``llm.toml`` (in ``home``) re-read when it changes."""
-    return LlmGateway(store.usage, ConfigLoader(home)).service()
+    return LlmGateway(store.usage, ConfigLoader(home)).service(pacer)
