@@ -20,7 +20,6 @@ import re
 import shlex
 import shutil
 import struct
-import subprocess
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from types import ModuleType
