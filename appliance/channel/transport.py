@@ -10,9 +10,10 @@ host authenticates with the per-claw client key the guest's sshd accepts.
 
 from __future__ import annotations
 
+import shlex
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,7 +24,23 @@ from appliance.channel.guard import ClawTransport
 from appliance.channel.keys import load_public_key
 from appliance.core.errors import IntegrityError, Unavailable
 
-GUEST_USER = "claw"
+# The host logs in as the guest's control account, never as the agent's own
+# user (`claw`): the agent cannot signal, trace or prlimit the session that
+# carries the host's forwards, nor plant a file that runs before a host
+# command (docs/security.md, "The control user").
+GUEST_USER = "clawctl"
+# Every host command runs as the agent through this root-owned helper, which
+# clawctl may run through exactly one sudoers rule. It gives the command a
+# fixed environment, /data/home, no_new_privs and no capabilities.
+AS_AGENT: tuple[str, ...] = ("/usr/bin/sudo", "-n", "/usr/lib/clawden/as-claw")
+
+
+def agent_command_line(argv: Sequence[str], runner: Sequence[str] = AS_AGENT) -> str:
+    """The line clawctl's shell (dash) runs for ``argv`` as the agent: every
+    word quoted, and ``exec`` so that the command's exit status or signal is
+    what sshd reports. ``runner`` is ``()`` only where the "guest" is a test
+    sshd on this machine."""
+    return "exec " + shlex.join([*runner, *argv])
 
 
 class HostKeyMismatch(IntegrityError):
@@ -191,7 +208,8 @@ def run_command(
     timeout: float | None = None,
     stdin: bytes | InputSource | None = None,
 ) -> int:
-    """Run ``command`` (a shell command line) in the guest as ``claw``, streaming
+    """Run ``command`` (a shell command line for the login's shell; see
+    ``agent_command_line`` for running one as the agent) in the guest, streaming
     its output as it arrives; return its exit code (-1 if killed by a signal).
 
     ``stdin``, when given, is written to the command and followed by EOF:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 from appliance.channel.exec import Transport
 from appliance.channel.forwarding import ServiceRegistry
 from appliance.channel.manager import ChannelManager, ClawConnection
-from appliance.channel.transport import ChannelTarget, run_command
+from appliance.channel.transport import AS_AGENT, ChannelTarget, agent_command_line, run_command
 from appliance.controller.context import Context
 from appliance.controller.delivery import (
     AGENT_COMMAND,
@@ -57,6 +56,7 @@ class Controller:
         say: Callable[[str], None] = print,
         agent_command: Sequence[str] = AGENT_COMMAND,
         refusals: Refusals | None = None,
+        as_agent: Sequence[str] = AS_AGENT,
     ) -> None:
         # One Context (one SQLite connection) for every thread: the store
         # serialises access itself, and opening more connections per request
@@ -68,14 +68,17 @@ class Controller:
         self._gate = RetryGate()
         self._messages = self._ctx.store.messages
         self._refusals = refusals or Refusals()
-        # The guest command events are delivered to; tests point it elsewhere.
-        self._agent_command = tuple(agent_command)
+        # Host commands run as the agent through the guest's helper
+        # (``as_agent``; a test "guest" on this machine has none). The guest
+        # command events are delivered to; tests point it elsewhere.
+        self._as_agent = tuple(as_agent)
+        self._agent_command = (*self._as_agent, *agent_command)
         self.channels = ChannelManager(registry, self._target_for, self._audit_event)
         self.scheduler = SchedulerThread(
             SchedulerRunner(
                 self._ctx.store.schedules,
                 ChannelDelivery(self._scheduled_transport, command=self._agent_command),
-                heartbeats=ChannelHeartbeatSource(self._scheduled_transport),
+                heartbeats=ChannelHeartbeatSource(self._scheduled_transport, runner=self._as_agent),
                 messages=self._messages,
                 refusals=self._refusals,
             ),
@@ -275,7 +278,8 @@ class Controller:
             conn = self._connection(claw)  # raises the informative NotFound
         code = run_command(
             conn.transport(),
-            shlex.join(argv),
+            # As the agent, argv exactly as given (each word quoted).
+            agent_command_line(argv, self._as_agent),
             lambda b: send({"stdout": encode_chunk(b)}),
             lambda b: send({"stderr": encode_chunk(b)}),
             timeout=None if timeout is None else float(timeout),

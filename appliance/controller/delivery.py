@@ -1,11 +1,12 @@
 """Delivering events to a claw's agent: one SSH exec per event, JSON in and out.
 
 The guest has no listening socket; the host runs ``clawden-agent deliver`` as
-``claw`` over the claw's channel, writes one JSON event to its stdin and reads
-one JSON line back (docs/agent.md, "Delivery"). Everything that comes back is
-untrusted — a claw's model, or a compromised guest, wrote it — so the reply is
-size-capped, parsed strictly, reduced to known fields of known types, and
-stored or shown only as data (escaping happens wherever it is displayed).
+``claw`` (through the guest's ``as-claw`` helper) over the claw's channel,
+writes one JSON event to its stdin and reads one JSON line back
+(docs/agent.md, "Delivery"). Everything that comes back is untrusted — a
+claw's model, or a compromised guest, wrote it — so the reply is size-capped,
+parsed strictly, reduced to known fields of known types, and stored or shown
+only as data (escaping happens wherever it is displayed).
 
 ``deliver_event`` is the primitive; ``converse`` is the controller's ``say``
 (a message in, its reply out, both stored); ``ChannelDelivery`` is the
@@ -156,7 +157,8 @@ def deliver_event(
     try:
         result = exec_capped(
             transport,
-            shlex.join(command),
+            # Fixed words, each quoted: nothing of the event reaches the line.
+            "exec " + shlex.join(command),
             claw=claw,
             doing="during the delivery",
             timeout=timeout,

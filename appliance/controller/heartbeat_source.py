@@ -2,9 +2,10 @@
 
 Before a heartbeat is delivered the host reads the claw's HEARTBEAT.md and
 decides, without any model, whether there is anything to do. Reading it is
-one SSH exec of ``cat`` as ``claw`` — no Python starts in the guest, so an
-idle heartbeat costs a few hundred milliseconds of guest time and zero
-tokens.
+one SSH exec of ``cat`` as ``claw`` (through the guest's ``as-claw`` helper,
+so a file the agent wrote cannot change what runs) — no Python starts in the
+guest, so an idle heartbeat costs a fraction of a second of guest time and
+zero tokens.
 
 The file is the claw's own (untrusted) data: it is read with a size cap and
 only ever fed to ``heartbeat_is_actionable``; it is never shown or logged.
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Sequence
 
 from appliance.channel.exec import CommandTimeout, TransportFor, exec_capped
+from appliance.channel.transport import AS_AGENT, agent_command_line
 from appliance.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -43,19 +46,24 @@ class ChannelHeartbeatSource:
         transport_for: TransportFor,
         timeout: float = READ_TIMEOUT,
         path: str = HEARTBEAT_PATH,
+        runner: Sequence[str] = AS_AGENT,
     ) -> None:
         self._transport_for = transport_for
         self._timeout = timeout
         self._path = path
+        self._runner = tuple(runner)
 
     def read(self, claw: str) -> str | None:
         transport = self._transport_for(claw)
         try:
             # `--` and a fixed path: nothing of the claw's reaches the command line.
+            script = (
+                f"test -e {shlex.quote(self._path)} || exit {_MISSING}; "
+                f"exec cat -- {shlex.quote(self._path)}"
+            )
             result = exec_capped(
                 transport,
-                f"test -e {shlex.quote(self._path)} || exit {_MISSING}; "
-                f"exec cat -- {shlex.quote(self._path)}",
+                agent_command_line(["/bin/sh", "-c", script], self._runner),
                 claw=claw,
                 doing="while reading HEARTBEAT.md",
                 timeout=self._timeout,

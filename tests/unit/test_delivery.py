@@ -324,7 +324,11 @@ def controller(tmp_path: Path, sshd: LocalSshd, agent: Path) -> Iterator[_Harnes
     ctx.claws.add(Claw("alice", "Alice", ClawState.RUNNING, "img", 1, 512, "2026-01-01"))
     _HarnessController.sshd = sshd
     ctl = _HarnessController(
-        lambda: ctx, ServiceRegistry(), say=lambda line: None, agent_command=_cmd(agent, "echo")
+        lambda: ctx,
+        ServiceRegistry(),
+        say=lambda line: None,
+        agent_command=_cmd(agent, "echo"),
+        as_agent=(),  # this machine is the "guest": no as-claw helper here
     )
     thread = threading.Thread(target=ctl.run, daemon=True)
     thread.start()
@@ -386,7 +390,7 @@ def test_heartbeat_source_reads_the_checklist_over_the_channel(
     transport: paramiko.Transport, tmp_path: Path
 ) -> None:
     path = tmp_path / "HEARTBEAT.md"
-    source = ChannelHeartbeatSource(lambda claw: transport, path=str(path))
+    source = ChannelHeartbeatSource(lambda claw: transport, path=str(path), runner=())
     assert source.read("alice") is None  # no file: no checklist, not an error
     path.write_text("# Checks\n- [ ] water the plants\n")
     assert source.read("alice") == "# Checks\n- [ ] water the plants\n"
@@ -398,7 +402,9 @@ def test_heartbeat_source_reads_the_checklist_over_the_channel(
 def test_heartbeat_source_reports_an_unreadable_checklist(
     transport: paramiko.Transport, tmp_path: Path
 ) -> None:
-    source = ChannelHeartbeatSource(lambda claw: transport, path=str(tmp_path))  # a directory
+    source = ChannelHeartbeatSource(
+        lambda claw: transport, path=str(tmp_path), runner=()
+    )  # a directory
     with pytest.raises(Unavailable, match="reading claw 'alice'.s HEARTBEAT.md failed"):
         source.read("alice")
 

@@ -7,7 +7,9 @@
 * the protocol families a claw never uses are blacklisted, and nothing the
   guest needs is;
 * every claw process runs under ``clawden-control.service``'s seccomp filters
-  (no io_uring, four socket families, native syscalls only);
+  (no io_uring, four socket families, native syscalls only) and with
+  no_new_privs, set by the ``as-claw`` helper every host command goes through
+  (the control user's checks are in test_image_control_user.py);
 * ``/data`` is mounted with ``discard``.
 
 The integration test ``test_guest_is_locked_down_and_capped`` in
@@ -240,7 +242,14 @@ def test_claw_processes_run_under_seccomp_filters() -> None:
     # AF_NETLINK: `ip` and `ss` read the (loopback-only) network state.
     assert families == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
     assert service["SystemCallArchitectures"] == ["native"]
-    assert service["NoNewPrivileges"] == ["yes"]
+    # no_new_privs moved from the whole service (where it would block the
+    # host's sudo to the agent user) to every process the agent runs: the
+    # helper is the only way a command reaches `claw`, and it sets it.
+    assert "NoNewPrivileges" not in service
+    helper = (OVERLAY / "usr/lib/clawden/as-claw").read_text()
+    assert re.search(
+        r"(?m)^exec env -i .* /usr/bin/setpriv .*--no-new-privs", helper.replace("\\\n", " ")
+    )
 
 
 def test_systemd_analyze_accepts_the_control_unit(tmp_path: Path) -> None:

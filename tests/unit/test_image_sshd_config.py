@@ -77,7 +77,7 @@ def test_the_shipped_config_passes_sshd_t(tmp_path: Path) -> None:
         "authenticationmethods publickey",
         "passwordauthentication no",
         "permitrootlogin no",
-        "allowusers claw",
+        "allowusers clawctl",
         "authorizedkeysfile /run/clawden/authorized_keys",
         "allowtcpforwarding remote",
         "permitlisten 127.0.0.1:7701 127.0.0.1:7702 127.0.0.1:7703",
@@ -86,7 +86,9 @@ def test_the_shipped_config_passes_sshd_t(tmp_path: Path) -> None:
         "allowstreamlocalforwarding no",
         "x11forwarding no",
         "permittunnel no",
-        "subsystem sftp internal-sftp",
+        "permituserrc no",
+        "permituserenvironment no",
+        "subsystem sftp /usr/bin/sudo -n /usr/lib/clawden/as-claw /usr/lib/openssh/sftp-server",
     ):
         assert expected in settings, expected
 
