@@ -114,6 +114,16 @@ rm -f "$root/var/lib/dbus/machine-id"
 # No network configuration at all; nothing resolves names inside the VM.
 : > "$root/etc/resolv.conf"
 
+# --- banners ----------------------------------------------------------------
+# The serial console (and an sshd Banner, if one is ever set) show these: say
+# what the machine is and who may use it, not which OS release it runs
+# (Lynis BANN-7126, BANN-7130). base-files owns them; the image is rebuilt,
+# never upgraded, so nothing merges them back.
+banner='clawden claw VM. This system is private: authorised access only, by per-claw key from the host. Activity may be logged and monitored.'
+printf '%s\n\n' "$banner" > "$root/etc/issue"
+printf '%s\n' "$banner" > "$root/etc/issue.net"
+: > "$root/etc/motd"
+
 # --- guest agent ------------------------------------------------------------
 # /opt/clawden/guest: the agent; /opt/clawden/site: its Python dependencies
 # (wheels pip installed on the host; pip itself never enters the image).
