@@ -18,6 +18,7 @@ own claw, so one attack's quota is not spent by another's).
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -26,7 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance.core.quotas import APPROVALS_PER_HOUR, MESSAGE_BURST, MESSAGE_BYTES_PER_DAY
+from appliance.core.quotas import (
+    APPROVALS_PER_HOUR,
+    MESSAGE_BURST,
+    MESSAGE_BYTES_PER_DAY,
+    MESSAGES_PER_MINUTE,
+)
 from appliance.services.http import MAX_BODY
 from appliance.store import open_db
 from appliance.store.approvals import ApprovalRepository
@@ -170,9 +176,26 @@ def test_slowloris_heads_and_bodies_are_cut_at_their_deadlines(host: HostProcess
     assert all(c is not None and c < BODY_TIMEOUT_S + 5 for c in body_cuts), body_cuts
 
 
+def _still_open(socks: list[socket.socket]) -> int:
+    """How many of ``socks`` the far end has neither closed nor answered."""
+    count = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            count += sock.recv(1, socket.MSG_PEEK) != b""
+        except BlockingIOError:
+            count += 1  # nothing to read, not closed: still held
+        except OSError:
+            pass
+    return count
+
+
 def test_a_flood_of_400_connections_gets_16_per_service(host: HostProcess) -> None:
     """Finding 2: 400 connections made 406 controller threads. Each service
-    serves at most 16 of one claw's connections; the rest are closed at once."""
+    serves at most 16 of one claw's connections; the rest are closed at once.
+    The host takes a claw's channel opens at its pace (a burst of 64, then
+    20 a second), so the last of the 400 wait in the claw's own sshd for a
+    while — holding nothing on the host — before they are refused."""
     held: list[socket.socket] = []
     services = ("hostapi", "llm", "egress")
     with healthy_through(host, "400 connections", Bounds(threads=3 * 16 + 4)):
@@ -180,16 +203,9 @@ def test_a_flood_of_400_connections_gets_16_per_service(host: HostProcess) -> No
             for n in range(400):
                 port = host.port("alice", services[n % 3])
                 held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
-            time.sleep(2)
-            open_ = 0
-            for sock in held:
-                sock.setblocking(False)
-                try:
-                    open_ += sock.recv(1) != b""
-                except BlockingIOError:
-                    open_ += 1  # nothing to read, not closed: still held by the host
-                except OSError:
-                    pass
+            deadline = time.monotonic() + 60
+            while (open_ := _still_open(held)) > 3 * 16 and time.monotonic() < deadline:
+                time.sleep(0.5)
         finally:
             for sock in held:
                 sock.close()
@@ -230,16 +246,21 @@ def test_300_long_polls_hold_at_most_4(host: HostProcess) -> None:
 
 def test_a_message_flood_is_stopped_at_the_burst(host: HostProcess) -> None:
     """Finding 3: 300 messages in 4 s. The claw's rate (10 a minute after a
-    burst of 20) refuses the rest with 429, and writes nothing for them."""
+    burst of 20) refuses the rest with 429, and writes nothing for them. (The
+    host's request pace makes the 300 take ~15 s, in which the rate allows a
+    few more.)"""
     api = host.port("mallory", "hostapi")
     with healthy_through(host, "300 messages"):
+        started = time.monotonic()
         statuses = [
             request(api, "POST", "/v1/messages", {"text": f"spam {n}"})[0] for n in range(300)
         ]
-    assert statuses.count(200) <= MESSAGE_BURST, statuses.count(200)
+        refilled = math.ceil((time.monotonic() - started) * MESSAGES_PER_MINUTE / 60)
+    allowed = MESSAGE_BURST + refilled
+    assert statuses.count(200) <= allowed, f"{statuses.count(200)} stored, {allowed} allowed"
     assert statuses.count(200) + statuses.count(429) == 300
     [(rows,)] = query(host.db_path, "SELECT count(*) FROM messages WHERE claw='mallory'")
-    assert rows <= MESSAGE_BURST + 1  # + the one before the attack
+    assert rows <= allowed + 1  # + the one before the attack
 
 
 def test_64_kib_messages_stop_at_the_daily_bytes(host: HostProcess) -> None:

@@ -548,3 +548,35 @@ def test_openssh_filling_the_window_again_and_again_is_never_refused(tmp_path: P
             assert transport.is_active() and transport.violation is None
         finally:
             transport.close()
+
+
+def test_channel_opens_past_the_burst_are_paced_on_the_claws_own_transport(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claw opening and closing connections in a loop: past a burst of
+    # MAX_OPEN_CHANNELS, its opens are handled at CHANNEL_OPENS_PER_SECOND.
+    monkeypatch.setattr(guard, "CHANNEL_OPENS_PER_SECOND", 10.0)
+
+    class UntilEof:
+        name = "until-eof"
+        guest_port = PORT
+
+        def handle(self, claw: ClawIdentity, conn: ForwardedConnection) -> None:
+            while conn.recv(1024):
+                pass
+            conn.close()
+
+    service: ForwardedService = UntilEof()
+    with hostile_guest(tmp_path, ServiceRegistry([service], connections_per_claw=1000)) as (
+        guest,
+        host,
+    ):
+        started = time.monotonic()
+        for _ in range(guard.MAX_OPEN_CHANNELS + 6):
+            chan = guest.connect()
+            chan.close()
+            assert _eventually(lambda: len(host._channels) < guard.MAX_OPEN_CHANNELS)  # type: ignore[attr-defined]
+        took = time.monotonic() - started
+        assert host.is_active() and host.violation is None
+    # The 6 opens past the burst waited a tenth of a second each, at least.
+    assert took >= 6 / 10 - 0.01

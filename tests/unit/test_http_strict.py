@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from appliance.channel.forwarding import ClawIdentity
+from appliance.core.quotas import Pacer
 from appliance.services.egress_stub import EgressStub
 from appliance.services.http import (
     HttpLimits,
@@ -485,3 +486,35 @@ def test_the_egress_stub_reads_a_bounded_head_before_a_deadline() -> None:
         server_end.close()
         sender.join(10)
         client.close()
+
+
+def test_a_pacer_spaces_a_claws_requests_before_anything_answers_them() -> None:
+    asked: list[tuple[str, float]] = []
+
+    class Recording(Pacer):
+        def delay(self, claw: str, now_s: float) -> float:
+            wait = super().delay(claw, now_s)
+            asked.append((claw, wait))
+            return wait
+
+    pacer = Recording(per_second=5, burst=2)
+    service = HttpService("test", 1, {("GET", "/echo"): _echo_route}, limits=SMALL, pacer=pacer)
+    started = time.monotonic()
+    with served(service) as s:
+        for _ in range(6):
+            s.client.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(s.client).status == 200
+    took = time.monotonic() - started
+    with served(service, claw="bob") as s:
+        s.client.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s.client).status == 200
+    alice = [wait for claw, wait in asked if claw == "alice"]
+    assert len(alice) == 6 and alice[:2] == [0.0, 0.0]
+    assert sum(alice[2:]) > 0  # past the burst, requests waited their turn ...
+    # ... and the waits were slept: the 6th could start 4 intervals after the 1st.
+    assert took >= 4 / 5 - 0.01
+    assert asked[-1] == ("bob", 0.0)  # another claw's turn is its own
+
+
+def _echo_route(claw: ClawIdentity, request: HttpRequest) -> HttpResponse:
+    return HttpResponse.json(200, {"claw": claw.name})

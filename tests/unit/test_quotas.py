@@ -26,6 +26,7 @@ from appliance.core.quotas import (
     MESSAGE_BURST,
     MESSAGE_BYTES_PER_DAY,
     MessageRate,
+    Pacer,
     Quotas,
     Refusals,
 )
@@ -370,3 +371,29 @@ def test_purge_refuses_a_bad_date_in_one_line(
         assert AuditLog(db).entries() == []
     finally:
         db.close()
+
+
+# -- the request pacer ---------------------------------------------------------
+
+
+def test_a_pacer_lets_a_burst_through_then_spaces_requests_at_its_rate() -> None:
+    pacer = Pacer(per_second=10, burst=3)
+    waits = [pacer.delay("alice", 100.0) for _ in range(6)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3:] == pytest.approx([0.1, 0.2, 0.3])
+    # Another claw has its own turn.
+    assert pacer.delay("bob", 100.0) == 0.0
+
+
+def test_a_pacer_forgives_a_quiet_claw_and_never_books_the_past() -> None:
+    pacer = Pacer(per_second=10, burst=2)
+    for _ in range(5):
+        pacer.delay("alice", 0.0)
+    # Long after its queue has drained the claw has its whole burst again.
+    assert [pacer.delay("alice", 60.0) for _ in range(3)] == pytest.approx([0.0, 0.0, 0.1])
+
+
+def test_a_pacer_needs_a_rate_and_a_burst() -> None:
+    for rate, burst in ((0, 1), (-1, 1), (1, 0)):
+        with pytest.raises(ValueError):
+            Pacer(per_second=rate, burst=burst)
