@@ -35,10 +35,21 @@ from typing import Any
 FLOODS = ("connections", "requests", "longpolls", "gateway")
 
 
+# What the flood got done (requests answered, or connections made), shared
+# with the measuring process: proof that the flood ran, and at what rate.
+_done: Any = None
+
+
+def _count() -> None:
+    with _done.get_lock():
+        _done.value += 1
+
+
 def _forever(stop: threading.Event, body: Callable[[], None]) -> None:
     while not stop.is_set():
         try:
             body()
+            _count()
         except (OSError, http.client.HTTPException, ValueError):
             time.sleep(0.01)  # refused or cut: at once again, as an attacker would
 
@@ -50,6 +61,7 @@ def _connections(ports: dict[str, int], stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             held.append(socket.create_connection(("127.0.0.1", targets[n % 3]), timeout=5))
+            _count()
         except OSError:
             time.sleep(0.01)
         n += 1
@@ -94,8 +106,12 @@ def _post(port: int, path: str, body: Any, timeout: float = 60) -> int:
         conn.close()
 
 
-def _run(kind: str, ports: dict[str, int], model: str, approval: str, stop_at: float) -> None:
+def _run(
+    kind: str, ports: dict[str, int], model: str, approval: str, stop_at: float, done: Any
+) -> None:
     """The flood's process: runs until ``stop_at`` (time.time())."""
+    global _done
+    _done = done
     stop = threading.Event()
     threads: list[threading.Thread] = []
     if kind == "connections":
@@ -173,13 +189,16 @@ def flood(
     seconds: float,
     cpu_percent: int = 0,
     also_capped: tuple[int, ...] = (),
-) -> Iterator[None]:
+) -> Iterator[Callable[[], int]]:
     """Run flood ``kind`` for at most ``seconds`` in its own process, while
     the block runs (it is stopped when the block ends). With ``cpu_percent``,
-    the flood (and ``also_capped``, e.g. the attacker's sshd) share that cap."""
+    the flood (and ``also_capped``, e.g. the attacker's sshd) share that cap.
+    Yields a function that says how much the flood has done so far (requests
+    answered, refusals included; connections made)."""
     ctx = multiprocessing.get_context("spawn")
+    done = ctx.Value("q", 0)
     proc = ctx.Process(
-        target=_run, args=(kind, ports, model, approval, time.time() + seconds), daemon=True
+        target=_run, args=(kind, ports, model, approval, time.time() + seconds, done), daemon=True
     )
     proc.start()
     assert proc.pid is not None
@@ -187,7 +206,7 @@ def flood(
         cap_cpu([proc.pid, *also_capped], cpu_percent, "clawden-bench-attacker")
     try:
         time.sleep(1.0)  # let it reach full strength before anything is measured
-        yield
+        yield lambda: int(done.value)
     finally:
         proc.terminate()
         proc.join(10)

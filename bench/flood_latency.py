@@ -3,8 +3,9 @@ the same with no flood, interleaved in one run.
 
 The host is the controller's claw-facing half in a process of its own, built
 from the composition root (``tests/support/host_process.py``), serving two
-claws through a real OpenSSH sshd: ``bob`` (measured) and ``alice`` (the
-attacker). Each round measures bob for ``--seconds`` with no flood, then
+claws through a real OpenSSH sshd: ``bob`` (measured) and an attacker per
+kind of flood (``alice0``…, each CPU-capped with its sshd as a claw's VM
+is). Each round measures bob for ``--seconds`` with no flood, then
 under each flood of ``bench/_floods.py`` (connections, requests, long polls,
 gateway calls; each in a process of its own), in a rotating order so drift
 hits all of them alike. Bob's requests, one at a time, each on a new
@@ -104,16 +105,26 @@ def measure(rounds: int = 3, seconds: float = 8.0, attacker_cpu: int = 50) -> di
     # The host process's CPU use per phase (fraction of one core): how much of
     # the slowdown is the host's own work under the flood (its GIL is one).
     cpu: dict[str, list[float]] = {phase: [] for phase in ("none", *FLOODS)}
+    # What the attacker got done per second (answers, refusals included, or
+    # connections made): that the flood ran, and how far the host let it.
+    attacker: dict[str, list[float]] = {phase: [] for phase in FLOODS}
     workdir = Path(tempfile.mkdtemp(prefix="clawden-bench-flood-", dir="/var/tmp"))
-    with host_process(workdir, ["bob", "alice"]) as host:
-        bob, alice = host.ports["bob"], host.ports["alice"]
-        status, approval = request(
-            alice["hostapi"], "POST", "/v1/approvals", {"action": "a", "details": "d"}
-        )
-        if status != 201:
-            raise RuntimeError(f"could not make alice's approval: {status} {approval}")
-        # The attacker's sshd shares its CPU cap: in a claw, sshd runs in the VM.
-        attacker_sshd = tuple(_listener_pids(alice["llm"]))
+    # One attacking claw per kind of flood: a flood clogs the attacker's own
+    # channel for a while after it stops (the opens its sshd queued are still
+    # taken at the host's pace), which would blunt the next flood from it.
+    attackers = {kind: f"alice{n}" for n, kind in enumerate(FLOODS)}
+    with host_process(workdir, ["bob", *attackers.values()]) as host:
+        bob = host.ports["bob"]
+        approvals = {}
+        for kind, claw in attackers.items():
+            ports = host.ports[claw]
+            status, approval = request(
+                ports["hostapi"], "POST", "/v1/approvals", {"action": "a", "details": "d"}
+            )
+            if status != 201:
+                raise RuntimeError(f"could not make {claw}'s approval: {status} {approval}")
+            # The attacker's sshd shares its CPU cap: in a claw, sshd runs in the VM.
+            approvals[kind] = (ports, approval["id"], tuple(_listener_pids(ports["llm"])))
         _sample(bob, 1.0)  # warm up
         for n in range(rounds):
             order = list(FLOODS[n % len(FLOODS) :] + FLOODS[: n % len(FLOODS)])
@@ -124,21 +135,24 @@ def measure(rounds: int = 3, seconds: float = 8.0, attacker_cpu: int = 50) -> di
                 for key, values in _sample(bob, seconds).items():
                     samples["none"][key] += values
                 cpu["none"].append((_cpu_s(host.pid) - used) / (time.monotonic() - started))
+                ports, approval_id, sshd_pids = approvals[kind]
                 with flood(
-                    kind, alice, MODEL, approval["id"], seconds + 5, attacker_cpu, attacker_sshd
-                ):
-                    used, started = _cpu_s(host.pid), time.monotonic()
+                    kind, ports, MODEL, approval_id, seconds + 5, attacker_cpu, sshd_pids
+                ) as done:
+                    used, started, before = _cpu_s(host.pid), time.monotonic(), done()
                     for key, values in _sample(bob, seconds).items():
                         samples[kind][key] += values
-                    cpu[kind].append((_cpu_s(host.pid) - used) / (time.monotonic() - started))
+                    elapsed = time.monotonic() - started
+                    cpu[kind].append((_cpu_s(host.pid) - used) / elapsed)
+                    attacker[kind].append((done() - before) / elapsed)
                 time.sleep(2)  # let the host settle (the flood's connections close)
     results: dict[str, Any] = {
         "rounds": rounds,
         "seconds_per_phase": seconds,
         "target": TARGET,
         "attacker_cpu_percent": attacker_cpu,
-        "attacker_sshd_pids": list(attacker_sshd),
         "host_cpu_cores": {p: round(sum(v) / len(v), 2) for p, v in cpu.items() if v},
+        "attacker_done_per_s": {p: round(sum(v) / len(v), 1) for p, v in attacker.items() if v},
     }
     for kind in KINDS:
         base = latency_ms(samples["none"][kind])

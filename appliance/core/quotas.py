@@ -63,7 +63,7 @@ MAX_CLAW_JOBS = 32
 # or not — takes the controller's time and its one database lock from the
 # other claws (one claw's flood made another's requests 2-10x slower).
 # An agent makes a request per model call or tool call: a few a second at most.
-REQUESTS_PER_SECOND = 20.0
+REQUESTS_PER_SECOND = 10.0
 REQUEST_BURST = 40
 
 
