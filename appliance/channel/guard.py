@@ -69,7 +69,7 @@ from paramiko.common import (
 from paramiko.packet import Packetizer
 
 from appliance.channel.logbudget import serving_claw
-from appliance.core.quotas import Pacer
+from appliance.core.quotas import CHANNEL_OPENS_PER_SECOND, Pacer
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,6 @@ MAX_OPEN_CHANNELS = 64
 # still in flight for a closed one is ignored rather than fatal. Past this many,
 # all but the newest half (and the open channels') are forgotten.
 SEEN_IDS_KEPT = 4096
-# Opens of forwarded connections a claw's transport handles per second, after
-# a burst of as many as it may hold open: an agent opens one per request.
-CHANNEL_OPENS_PER_SECOND = 20.0
 
 FORWARDED_TCPIP = b"forwarded-tcpip"
 SSH_EXTENDED_DATA_STDERR = 1

@@ -12,7 +12,15 @@ from appliance.controller.context import Context
 from appliance.controller.domains import find_domain
 from appliance.controller.guestfiles import ClawFiles
 from appliance.core.errors import ClawdenError, Unavailable
-from appliance.core.quotas import APPROVAL_WINDOW, DEFAULT_QUOTAS, MAX_CLAW_JOBS, Quotas
+from appliance.core.quotas import (
+    APPROVAL_WINDOW,
+    CHANNEL_OPENS_PER_SECOND,
+    DEFAULT_QUOTAS,
+    MAX_CLAW_JOBS,
+    REQUEST_BURST,
+    REQUESTS_PER_SECOND,
+    Quotas,
+)
 from appliance.core.textsafe import printable
 from appliance.llm.config import load_llm_config
 
@@ -110,6 +118,11 @@ def quota_lines(
     except ClawdenError as exc:
         rate = f"rate unknown: {printable(exc.what)}"
     yield f"  llm calls: {calls} today; {rate}"
+    yield (
+        f"  pace:      {REQUESTS_PER_SECOND:g} requests a second after a burst of "
+        f"{REQUEST_BURST} (all host services); {CHANNEL_OPENS_PER_SECOND:g} connections "
+        "a second; past it requests wait their turn"
+    )
     if refused is None:
         yield "  over quota: unknown (controller not running)"
     elif not refused:

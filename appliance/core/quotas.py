@@ -65,6 +65,10 @@ MAX_CLAW_JOBS = 32
 # An agent makes a request per model call or tool call: a few a second at most.
 REQUESTS_PER_SECOND = 10.0
 REQUEST_BURST = 40
+# Connections (SSH channel opens) a claw's transport takes per second, after a
+# burst of as many as it may hold open (channel/guard.py): an agent opens one
+# per request; a claw opening and closing them in a loop slowed others 2-4x.
+CHANNEL_OPENS_PER_SECOND = 20.0
 
 
 @dataclass(frozen=True)

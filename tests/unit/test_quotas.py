@@ -289,6 +289,8 @@ def test_status_shows_every_quota(home: Path, capsys: pytest.CaptureFixture[str]
         "  approvals: 1 of 20 in the last hour, 1 of 5 pending\n"
         "  schedules: 1 of 32 made by the claw\n"
         "  llm calls: 0 today; the gateway allows 60 a minute (llm.toml)\n"
+        "  pace:      10 requests a second after a burst of 40 (all host services); "
+        "20 connections a second; past it requests wait their turn\n"
         "  over quota: unknown (controller not running)\n"
     ) in out
     ctx = build_context()
