@@ -60,8 +60,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,13 +67,11 @@ from typing import Any
 
 import paramiko
 
-from appliance.channel import keys as channel_keys
-from appliance.channel.transport import disconnect, run_command
+from appliance.channel.transport import agent_command_line, disconnect, run_command
 from appliance.config import Settings
 from appliance.image.manifest import GoldenImage, latest_image, load_image
 from bench._common import unwind_on_sigterm
-from bench.plain_qemu_boot import CHANNEL, CMDLINE, connect
-from provisioning import disks, keys
+from bench.plain_qemu_boot import CMDLINE, connect, provision_disks, qemu_claw
 
 LYNIS_CACHE = Path("/var/tmp/clawden-lynis")
 AUDIT_LABEL = "CLAWAUDIT"
@@ -256,38 +252,12 @@ def read_audit_disk(disk: Path, dest: Path) -> None:
 # --- the boot ----------------------------------------------------------------
 
 
-@contextmanager
-def _qemu(
-    image: GoldenImage, work: Path, cmdline: str, memory_mib: int
-) -> Iterator[subprocess.Popen[bytes]]:
-    argv = [
-        "qemu-system-x86_64", "-nodefaults", "-nographic", "-machine", "q35", "-accel", "tcg",
-        "-m", str(memory_mib), "-smp", "1", "-no-reboot", "-monitor", "none",
-        "-serial", f"file:{work / 'console.log'}",
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
-        "-drive", f"file={work / 'root.qcow2'},format=qcow2,if=virtio",
-        "-drive", f"file={work / 'seed.img'},format=raw,if=virtio,readonly=on",
-        "-drive", f"file={work / 'data.qcow2'},format=qcow2,if=virtio",
-        "-drive", f"file={work / 'audit.img'},format=raw,if=virtio",
-        "-device", "virtio-serial-pci",
-        "-chardev", f"socket,id=ctl,path={work / 'control.sock'},server=on,wait=off",
-        "-device", f"virtserialport,chardev=ctl,name={CHANNEL}",
-    ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _run(transport: paramiko.Transport, command: str, timeout: float = 120) -> tuple[int, str]:
+    """``command`` as the agent user (the host logs in as clawctl), the way
+    `claw exec` runs it: what a compromised claw sees."""
     out: list[bytes] = []
-    status = run_command(transport, command, out.append, out.append, timeout=timeout)
+    line = agent_command_line(["sh", "-c", command])
+    status = run_command(transport, line, out.append, out.append, timeout=timeout)
     return status, b"".join(out).decode(errors="replace")
 
 
@@ -335,34 +305,19 @@ def _claw_audit(transport: paramiko.Transport, tree: Path, out: Path, tests: str
 def audit(
     image: GoldenImage, tree: Path, out: Path, modes: set[str], memory_mib: int, tests: str = ""
 ) -> None:
-    host_key = keys.mint_ed25519("guest-host@audit")
-    client_key = keys.mint_ed25519("clawden-host@audit")
     with tempfile.TemporaryDirectory(prefix="clawden-audit-boot-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         work.chmod(0o711)
-        disks.create_root_overlay(image.golden, work / "root.qcow2")
-        disks.create_data_disk(work / "data.qcow2", 1024)
-        disks.create_seed_disk(
-            work / "seed.img",
-            disks.SeedContent(
-                host_private_key=host_key.private_openssh,
-                host_public_key=host_key.public_openssh,
-                authorized_keys=disks.authorized_keys_line(
-                    client_key.public_openssh, disks.GUEST_PORTS.values()
-                ),
-                claw_json=disks.claw_identity("audit", "Audit"),
-            ),
-        )
+        host_public, client = provision_disks(image, work, "audit")
         make_audit_disk(tree, work / "audit.img", tests)
         cmdline = CMDLINE + (" " + ROOT_CMDLINE if "root" in modes else "")
-        client = channel_keys.load_private_key(client_key.private_openssh)
         say(f"booting {image.version} (TCG, 1 vCPU, {memory_mib} MiB)")
         started = time.monotonic()
-        with _qemu(image, work, cmdline, memory_mib):
+        with qemu_claw(image, work, memory_mib, cmdline, (str(work / "audit.img"),)):
             sock = work / "control.sock"
             while not sock.exists():
                 time.sleep(0.1)
-            transport = connect(sock, host_key.public_openssh, client, timeout=600)
+            transport = connect(sock, host_public, client, timeout=600)
             say(f"channel up after {time.monotonic() - started:.0f} s")
             if "root" in modes:
                 say("root: waiting for the privileged audit (kernel-command-line.service)")

@@ -111,15 +111,28 @@ def _policy_checks(transport: paramiko.Transport) -> dict[str, str]:
 
 
 @contextmanager
-def _qemu(image: GoldenImage, work: Path, memory_mib: int) -> Iterator[subprocess.Popen[bytes]]:
+def qemu_claw(
+    image: GoldenImage,
+    work: Path,
+    memory_mib: int,
+    cmdline: str = CMDLINE,
+    extra_drives: tuple[str, ...] = (),
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Plain QEMU booting ``image`` the way a claw boots (its three disks in
+    ``work``, the control port on ``work/control.sock``); ``extra_drives`` are
+    more raw virtio disks (the Lynis audit brings its tools on one)."""
+    more = [
+        arg for drive in extra_drives for arg in ("-drive", f"file={drive},format=raw,if=virtio")
+    ]
     argv = [
         "qemu-system-x86_64", "-nodefaults", "-nographic", "-machine", "q35", "-accel", "tcg",
         "-m", str(memory_mib), "-smp", "1", "-no-reboot", "-monitor", "none",
         "-serial", f"file:{work / 'console.log'}",
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", CMDLINE,
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
         "-drive", f"file={work / 'root.qcow2'},format=qcow2,if=virtio",
         "-drive", f"file={work / 'seed.img'},format=raw,if=virtio,readonly=on",
         "-drive", f"file={work / 'data.qcow2'},format=qcow2,if=virtio",
+        *more,
         "-device", "virtio-serial-pci",
         "-chardev", f"socket,id=ctl,path={work / 'control.sock'},server=on,wait=off",
         "-device", f"virtserialport,chardev=ctl,name={CHANNEL}",
@@ -146,18 +159,11 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float) 
         time.sleep(0.02)
 
 
-def boot_plain_qemu(
-    image: GoldenImage,
-    work: Path,
-    memory_mib: int = 512,
-    timeout: float = 300.0,
-    result: BootResult | None = None,
-) -> float:
-    """Provision disks in ``work``, boot, and return seconds to authenticated SSH.
-    Fills ``result`` (if given) with the reconnect time and guest checks."""
-    result = result if result is not None else BootResult()
-    host_key = keys.mint_ed25519("guest-host@bench")
-    client_key = keys.mint_ed25519("clawden-host@bench")
+def provision_disks(image: GoldenImage, work: Path, name: str) -> tuple[str, paramiko.PKey]:
+    """A claw's three disks in ``work``, as provisioning makes them, with fresh
+    keys: (the guest's public host key, the host's client key)."""
+    host_key = keys.mint_ed25519(f"guest-host@{name}")
+    client_key = keys.mint_ed25519(f"clawden-host@{name}")
     disks.create_root_overlay(image.golden, work / "root.qcow2")
     disks.create_data_disk(work / "data.qcow2", 1024)
     disks.create_seed_disk(
@@ -168,16 +174,29 @@ def boot_plain_qemu(
             authorized_keys=disks.authorized_keys_line(
                 client_key.public_openssh, disks.GUEST_PORTS.values()
             ),
-            claw_json=disks.claw_identity("bench", "Bench"),
+            claw_json=disks.claw_identity(name, name.title()),
         ),
     )
-    client = channel_keys.load_private_key(client_key.private_openssh)
+    return host_key.public_openssh, channel_keys.load_private_key(client_key.private_openssh)
+
+
+def boot_plain_qemu(
+    image: GoldenImage,
+    work: Path,
+    memory_mib: int = 512,
+    timeout: float = 300.0,
+    result: BootResult | None = None,
+) -> float:
+    """Provision disks in ``work``, boot, and return seconds to authenticated SSH.
+    Fills ``result`` (if given) with the reconnect time and guest checks."""
+    result = result if result is not None else BootResult()
+    host_key, client = provision_disks(image, work, "bench")
     sock_path = work / "control.sock"
 
     started = time.monotonic()
-    with _qemu(image, work, memory_mib) as proc:
+    with qemu_claw(image, work, memory_mib) as proc:
         _wait_for_socket(sock_path, proc, 30)
-        transport = connect(sock_path, host_key.public_openssh, client, timeout)
+        transport = connect(sock_path, host_key, client, timeout)
         result.boot_to_ssh_s = time.monotonic() - started
         result.ip_link = run(transport, "ip -br link")
         result.checks["id"] = run(transport, "id")
@@ -189,7 +208,7 @@ def boot_plain_qemu(
 
         # The host closing must end that sshd; the guest restarts the bridge.
         again = time.monotonic()
-        transport = connect(sock_path, host_key.public_openssh, client, timeout=60)
+        transport = connect(sock_path, host_key, client, timeout=60)
         result.reconnect_s = time.monotonic() - again
         result.checks["after_reconnect"] = run(transport, "echo ok")
         disconnect(transport)

@@ -230,6 +230,18 @@ class Holding:
         return self.conns[-1]
 
 
+class UntilEof:
+    """A service that reads each connection until the guest closes it."""
+
+    name = "until-eof"
+    guest_port = PORT
+
+    def handle(self, claw: ClawIdentity, conn: ForwardedConnection) -> None:
+        while conn.recv(1024):
+            pass
+        conn.close()
+
+
 @pytest.fixture
 def holding() -> Iterator[Holding]:
     service = Holding()
@@ -437,15 +449,6 @@ def test_the_ids_of_closed_channels_are_not_kept_forever(
 ) -> None:
     monkeypatch.setattr(guard, "SEEN_IDS_KEPT", 16)
 
-    class UntilEof:
-        name = "until-eof"
-        guest_port = PORT
-
-        def handle(self, claw: ClawIdentity, conn: ForwardedConnection) -> None:
-            while conn.recv(1024):
-                pass
-            conn.close()
-
     service: ForwardedService = UntilEof()
     with hostile_guest(tmp_path, ServiceRegistry([service])) as (guest, host):
         for _ in range(100):
@@ -556,15 +559,6 @@ def test_channel_opens_past_the_burst_are_paced_on_the_claws_own_transport(
     # A claw opening and closing connections in a loop: past a burst of
     # MAX_OPEN_CHANNELS, its opens are handled at CHANNEL_OPENS_PER_SECOND.
     monkeypatch.setattr(guard, "CHANNEL_OPENS_PER_SECOND", 10.0)
-
-    class UntilEof:
-        name = "until-eof"
-        guest_port = PORT
-
-        def handle(self, claw: ClawIdentity, conn: ForwardedConnection) -> None:
-            while conn.recv(1024):
-                pass
-            conn.close()
 
     service: ForwardedService = UntilEof()
     with hostile_guest(tmp_path, ServiceRegistry([service], connections_per_claw=1000)) as (
