@@ -30,6 +30,7 @@ from appliance.channel import keys as channel_keys
 from appliance.channel.manager import HANG_UP_PAUSE
 from appliance.channel.transport import (
     ChannelTarget,
+    agent_command_line,
     disconnect,
     open_transport,
     run_command,
@@ -199,7 +200,10 @@ def boot_plain_qemu(
         transport = connect(sock_path, host_key, client, timeout)
         result.boot_to_ssh_s = time.monotonic() - started
         result.ip_link = run(transport, "ip -br link")
+        # The login is the host's control user; the agent is reached only
+        # through the root-owned helper.
         result.checks["id"] = run(transport, "id")
+        result.checks["agent_id"] = run(transport, agent_command_line(["id"]))
         result.checks["root_mount"] = run(transport, "findmnt -no OPTIONS /")
         result.checks["data_mount"] = run(transport, "findmnt -no SOURCE,OPTIONS /data")
         result.checks["home"] = run(transport, "pwd; ls -ld /data/home /data/workspace")

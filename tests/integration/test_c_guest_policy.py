@@ -33,7 +33,10 @@ def test_sshd_allows_only_the_requested_loopback_forwards(clawden_env: Env) -> N
     assert checks["forward_0.0.0.0:7702"] == "refused"  # never off loopback
     assert checks["local_forward_to_guest"] == "refused"  # no -L into the guest
     assert checks["pty"] == "refused"
-    assert checks["id"].startswith("uid=1000(claw)")
+    # The host logs in as clawctl (not root, not the agent) and runs the
+    # agent's commands through as-claw: uid 1000, no other groups.
+    assert "(clawctl)" in checks["id"].split()[0] and not checks["id"].startswith("uid=0")
+    assert checks["agent_id"] == "uid=1000(claw) gid=1000(claw) groups=1000(claw)"
     assert checks["root_mount"].split(",")[0] == "ro"
     # The only listener is the forward the host asked for, on loopback.
     assert checks["listening_sockets"].split() == ["tcp", "127.0.0.1:7701"]
