@@ -54,15 +54,38 @@ def _heartbeat(env: Env) -> sqlite3.Row:
     return row
 
 
-def _wait_for_beat(env: Env, after: str) -> str:
-    """The status of alice's first heartbeat run that started after ``after``."""
+SKIPPED = "skipped: nothing actionable"
+
+
+def _wait_for_beat(env: Env, after: str, past_skipped: bool = False) -> str:
+    """The status of alice's first heartbeat run that started after ``after``
+    (with ``past_skipped``, the first that was not skipped as quiet)."""
     deadline = time.monotonic() + BEAT_WAIT
     while time.monotonic() < deadline:
         row = _heartbeat(env)
-        if row["last_run_at"] and row["last_run_at"] > after and row["last_status"] != "running":
-            return str(row["last_status"])
+        status = str(row["last_status"])
+        ended = row["last_run_at"] and row["last_run_at"] > after and status != "running"
+        if ended and not (past_skipped and status.startswith(SKIPPED)):
+            return status
         time.sleep(2)
     raise AssertionError(f"no heartbeat ran within {BEAT_WAIT:.0f} s: {dict(_heartbeat(env))}")
+
+
+def _set_checklist(env: Env, text: str) -> str:
+    """Write HEARTBEAT.md between beats; the time to wait for beats after.
+
+    A beat is claimed first and reads HEARTBEAT.md a few seconds later (an
+    exec in the guest): one claimed before the write could read the new text
+    and act, uncounted, using up a scripted scenario. So wait until no beat
+    is running, take the time, then write: a beat claimed after that reads
+    either text (quiet ones are skipped: ``past_skipped``)."""
+    deadline = time.monotonic() + BEAT_WAIT
+    while _heartbeat(env)["last_status"] == "running":
+        assert time.monotonic() < deadline, f"a heartbeat ran for over {BEAT_WAIT:.0f} s"
+        time.sleep(1)
+    after = _now_iso()
+    _write(env, "HEARTBEAT.md", text)
+    return after
 
 
 def _now_iso() -> str:
@@ -171,8 +194,8 @@ def test_a_heartbeat_with_a_task_uses_a_tool_memory_and_messages(
     calls_before = _usage_calls(clawden_env)
     messages_before = _out_messages(clawden_env)
     with scripted_llm(clawden_env, scenario) as upstream:
-        _write(clawden_env, "HEARTBEAT.md", "# Heartbeat\n- [ ] Check the disk and tell Alice\n")
-        status = _wait_for_beat(clawden_env, _now_iso())
+        after = _set_checklist(clawden_env, "# Heartbeat\n- [ ] Check the disk and tell Alice\n")
+        status = _wait_for_beat(clawden_env, after, past_skipped=True)
         assert status.startswith("ok: reply stored for the owner"), status
         chats = _chats(upstream)
         assert len(chats) == 3
