@@ -196,8 +196,10 @@ def test_a_heartbeat_with_a_task_uses_a_tool_memory_and_messages(
     with scripted_llm(clawden_env, scenario) as upstream:
         after = _set_checklist(clawden_env, "# Heartbeat\n- [ ] Check the disk and tell Alice\n")
         status = _wait_for_beat(clawden_env, after, past_skipped=True)
-        assert status.startswith("ok: reply stored for the owner"), status
-        chats = _chats(upstream)
+        assert status == "ok: reply stored for the owner (reply, 3 model calls)", status
+        # The next beat may already be calling (its scenario is used up): the
+        # acting beat's calls are the first three.
+        chats = _chats(upstream)[:3]
         assert len(chats) == 3
         # The checklist reached the model (the heartbeat's light context).
         assert "Check the disk and tell Alice" in str(chats[0]["body"]["messages"])
