@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,14 +57,19 @@ def _heartbeat(env: Env) -> sqlite3.Row:
 SKIPPED = "skipped: nothing actionable"
 
 
-def _wait_for_beat(env: Env, after: str, past_skipped: bool = False) -> str:
-    """The status of alice's first heartbeat run that started after ``after``
+def _wait_for_beat(env: Env, after: str) -> str:
+    """The status of alice's first heartbeat run that started after ``after``."""
+    return _wait_for_run(env, lambda run_at: run_at > after)
+
+
+def _wait_for_run(env: Env, new: Callable[[str], bool], past_skipped: bool = False) -> str:
+    """The status of the first ended run whose ``last_run_at`` is ``new``
     (with ``past_skipped``, the first that was not skipped as quiet)."""
     deadline = time.monotonic() + BEAT_WAIT
     while time.monotonic() < deadline:
         row = _heartbeat(env)
         status = str(row["last_status"])
-        ended = row["last_run_at"] and row["last_run_at"] > after and status != "running"
+        ended = row["last_run_at"] and new(row["last_run_at"]) and status != "running"
         if ended and not (past_skipped and status.startswith(SKIPPED)):
             return status
         time.sleep(2)
@@ -72,20 +77,28 @@ def _wait_for_beat(env: Env, after: str, past_skipped: bool = False) -> str:
 
 
 def _set_checklist(env: Env, text: str) -> str:
-    """Write HEARTBEAT.md between beats; the time to wait for beats after.
+    """Write HEARTBEAT.md between beats; the run to wait for beats after.
 
     A beat is claimed first and reads HEARTBEAT.md a few seconds later (an
     exec in the guest): one claimed before the write could read the new text
-    and act, uncounted, using up a scripted scenario. So wait until no beat
-    is running, take the time, then write: a beat claimed after that reads
-    either text (quiet ones are skipped: ``past_skipped``)."""
+    and act. So wait until no beat is running, note the last run, then write:
+    every later run reads either text (quiet ones are skipped:
+    ``_wait_for_acting_beat``). The last run, not the clock: a run's
+    ``last_run_at`` is its scheduler pass's start, which can be seconds
+    before the claim, so a beat claimed just after the write can carry an
+    earlier time than the write's (it once acted unseen and used up the
+    scenario, and the beat waited for found it exhausted)."""
     deadline = time.monotonic() + BEAT_WAIT
-    while _heartbeat(env)["last_status"] == "running":
+    while (row := _heartbeat(env))["last_status"] == "running":
         assert time.monotonic() < deadline, f"a heartbeat ran for over {BEAT_WAIT:.0f} s"
         time.sleep(1)
-    after = _now_iso()
     _write(env, "HEARTBEAT.md", text)
-    return after
+    return str(row["last_run_at"] or "")
+
+
+def _wait_for_acting_beat(env: Env, last_run: str) -> str:
+    """The status of the first heartbeat run after ``last_run`` that acted."""
+    return _wait_for_run(env, lambda run_at: run_at != last_run, past_skipped=True)
 
 
 def _now_iso() -> str:
@@ -194,9 +207,10 @@ def test_a_heartbeat_with_a_task_uses_a_tool_memory_and_messages(
     calls_before = _usage_calls(clawden_env)
     messages_before = _out_messages(clawden_env)
     with scripted_llm(clawden_env, scenario) as upstream:
-        after = _set_checklist(clawden_env, "# Heartbeat\n- [ ] Check the disk and tell Alice\n")
-        status = _wait_for_beat(clawden_env, after, past_skipped=True)
-        assert status == "ok: reply stored for the owner (reply, 3 model calls)", status
+        last_run = _set_checklist(clawden_env, "# Heartbeat\n- [ ] Check the disk and tell Alice\n")
+        status = _wait_for_acting_beat(clawden_env, last_run)
+        said = _out_messages(clawden_env)[len(messages_before) :]
+        assert status == "ok: reply stored for the owner (reply, 3 model calls)", (status, said)
         # The next beat may already be calling (its scenario is used up): the
         # acting beat's calls are the first three.
         chats = _chats(upstream)[:3]
