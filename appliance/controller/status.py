@@ -22,6 +22,7 @@ from appliance.core.quotas import (
     Quotas,
 )
 from appliance.core.textsafe import printable
+from appliance.hypervisor.qemu_memory import QemuMemory, qemu_memory
 from appliance.llm.config import load_llm_config
 
 
@@ -34,6 +35,37 @@ def rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.0f} MiB"
+
+
+def qemu_line(pid: int, guest_mib: int) -> str | None:
+    """``claw status``'s ``qemu:`` line: the host memory this claw holds.
+
+    RSS alone cannot say whether a claw is big because its guest uses (or
+    never gave back) its RAM or because QEMU itself costs that much, so the
+    line splits it (docs/hypervisor.md#memory). Falls back to bare VmRSS
+    when smaps cannot be read or split (not root, an older layout); None if
+    the process is gone."""
+    try:
+        mem: QemuMemory | None = qemu_memory(pid, guest_mib)
+    except (OSError, ValueError):
+        mem = None
+    if mem is None:
+        rss = rss_kib(pid)
+        return None if rss is None else f"pid {pid}, RSS {rss / 1024:.0f} MiB"
+    tb = (
+        f" (TCG translation cache {_mib(mem.tb_cache_resident_kib)})"
+        if mem.tb_cache_mapped_kib
+        else ""
+    )
+    return (
+        f"pid {pid}, RSS {_mib(mem.rss_kib)} held on the host: "
+        f"guest RAM {_mib(mem.guest_resident_kib)} of {_mib(mem.guest_ram_kib)} resident, "
+        f"QEMU overhead {_mib(mem.overhead_rss_kib)}{tb}"
+    )
 
 
 def _allocated_mib(path: Path) -> str:
@@ -56,9 +88,9 @@ def claw_status_lines(ctx: Context, name: str) -> Iterator[str]:
     yield f"resources: {claw.vcpus} vCPU, {claw.memory_mib} MiB"
     pid = ctx.hypervisor.pid(dom) if state is not None else None
     if pid is not None:
-        rss = rss_kib(pid)
-        if rss is not None:
-            yield f"qemu:      pid {pid}, RSS {rss / 1024:.0f} MiB"
+        line = qemu_line(pid, claw.memory_mib)
+        if line is not None:
+            yield f"qemu:      {line}"
     yield f"image:     {claw.image_version}"
     yield f"data disk: {files.data} ({_allocated_mib(files.data)})"
     busy = ctx.ops.running_for(name)

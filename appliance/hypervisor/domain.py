@@ -6,8 +6,10 @@ libvirt's schema (``virt-xml-validate``) in the tests.
 The XML is built element by element with ``xml.etree`` (as virtinst does) so
 every path and name is escaped by the serializer, never spliced into a
 template. What is *absent* matters as much as what is present: no
-``<interface>``, no graphics, video, sound, USB, balloon or host devices — the
-guest's only link to the world is one virtio-serial channel.
+``<interface>``, no graphics, video, sound, USB or host devices — the guest's
+only link to the world is one virtio-serial channel. The one device that is
+there for the host's sake is a virtio balloon with free page reporting, so an
+idle claw gives the RAM its guest freed back to the host.
 """
 
 from __future__ import annotations
@@ -146,9 +148,17 @@ def _devices(root: ET.Element, spec: DomainSpec) -> None:
     # libvirt adds no video without graphics, but say so explicitly.
     video = _sub(devices, "video")
     _sub(video, "model", type="none")
-    # Memory is a fixed, explicit limit per claw; a balloon would let the
-    # guest driver talk to the host about it for no benefit.
-    _sub(devices, "memballoon", model="none")
+    # Free page reporting: the guest's virtio_balloon driver tells QEMU which
+    # 2 MiB blocks (pageblock order) its allocator holds free, and QEMU drops
+    # them from its RSS (MADV_DONTNEED). Without it, every page a claw ever
+    # touched (a pip install, a big file read through the page cache, a burst
+    # of Python) stays resident on the host until the claw stops. The balloon
+    # is never inflated: <currentMemory> equals <memory>, so the claw's limit
+    # is unchanged; autodeflate only matters if someone shrinks it by hand,
+    # and then the guest takes pages back before its OOM killer runs. No
+    # stats period: nothing reads the balloon's statistics (the host's
+    # figures come from /proc/PID/smaps, appliance/hypervisor/qemu_memory.py).
+    _sub(devices, "memballoon", model="virtio", autodeflate="on", freePageReporting="on")
 
 
 def _validate(spec: DomainSpec) -> None:

@@ -7,12 +7,15 @@ import json
 import subprocess
 import time
 import xml.etree.ElementTree as ET  # noqa: S405 - virsh's output for our own domain
+from collections.abc import Callable
 
 import pytest
 
 from appliance.config import Settings
 from appliance.core.domain import cpu_quota
 from appliance.core.model import domain_name
+from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
+from appliance.hypervisor.qemu_memory import QemuMemory, qemu_memory
 from tests.integration.conftest import URI, Env
 
 pytestmark = pytest.mark.integration
@@ -170,6 +173,67 @@ def test_data_disk_returns_freed_space_to_the_host(
     while allocated() > written - 32 * mib and time.monotonic() < deadline:
         time.sleep(1)
     assert allocated() <= written - 32 * mib, (before, written, allocated())
+
+
+# Allocates and touches 300 MiB, says so, holds it until the host drops a
+# file (never longer than 10 min), then exits: the guest frees it all.
+HOLD_MEMORY = """
+import os, sys, time
+n = 300 << 20
+b = bytearray(n)                     # calloc: untouched zero pages so far
+b[::4096] = bytes([1]) * (n // 4096)  # touch every page
+print("held", flush=True)
+end = time.monotonic() + 600
+while not os.path.exists("/data/home/balloon-release") and time.monotonic() < end:
+    time.sleep(0.5)
+print(len(b))
+"""
+MIB = 1024
+# Most of the 300 MiB, so neither the page cache the guest reclaims for them
+# nor what it had not yet reported before can pass for the effect.
+SHIFT = 200 * MIB
+
+
+def test_guest_returns_freed_memory_to_the_host(
+    clawden_env: Env, two_claws: tuple[str, str]
+) -> None:
+    """Free page reporting (virtio_balloon) gives the RAM a claw frees back:
+    without it a claw that once used 300 MiB holds them on the host until it
+    stops."""
+    _, modules, _ = _exec(clawden_env, "alice", "cat", "/proc/modules")
+    assert "virtio_balloon" in {line.split()[0] for line in modules.splitlines()}, modules
+    settings = Settings.from_env(clawden_env.env)
+    pid = LibvirtHypervisor(URI).pid(domain_name(settings.installation_tag, "alice"))
+    assert pid is not None
+
+    def memory() -> QemuMemory:
+        return qemu_memory(pid, 512)  # two_claws are created with the default memory
+
+    def wait_for(done: Callable[[QemuMemory], bool], seconds: float) -> QemuMemory:
+        deadline = time.monotonic() + seconds
+        mem = memory()
+        while not done(mem) and time.monotonic() < deadline:
+            time.sleep(1)
+            mem = memory()
+        return mem
+
+    _exec(clawden_env, "alice", "rm", "-f", "/data/home/balloon-release")
+    before = memory()
+    holder = clawden_env.popen("claw", "exec", "alice", "--", "python3", "-c", HOLD_MEMORY)
+    try:
+        # Positive control: the host really pays for the guest's 300 MiB first.
+        peak = wait_for(lambda m: m.rss_kib - before.rss_kib >= SHIFT, 300)
+        assert peak.rss_kib - before.rss_kib >= SHIFT, (before, peak)
+    finally:
+        _exec(clawden_env, "alice", "touch", "/data/home/balloon-release")
+        out, err = holder.communicate(timeout=300)
+    assert holder.returncode == 0 and out.split() == ["held", str(300 << 20)], (out, err)
+    # The guest freed them; its balloon driver reports the free 2 MiB blocks
+    # and QEMU drops them from its RSS.
+    after = wait_for(lambda m: peak.rss_kib - m.rss_kib >= SHIFT, 300)
+    assert peak.rss_kib - after.rss_kib >= SHIFT, (before, peak, after)
+    assert after.guest_resident_kib < peak.guest_resident_kib - SHIFT, (peak, after)
+    _exec(clawden_env, "alice", "rm", "-f", "/data/home/balloon-release")
 
 
 def test_claw_domain_has_a_cpu_quota(clawden_env: Env, two_claws: tuple[str, str]) -> None:
