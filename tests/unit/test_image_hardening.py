@@ -162,6 +162,32 @@ def test_customize_enables_lockdown() -> None:
     assert {"clawden-seed.service", "clawden-control.service"} <= set(enabled)
 
 
+def test_reclaim_timer_hands_unused_page_cache_back() -> None:
+    # Free page reporting returns only free pages: the page cache must be
+    # dropped now and then, and the freed pages compacted into 2 MiB blocks.
+    service = read_unit(UNITS / "clawden-reclaim.service")["Service"]
+    assert service["Type"] == ["oneshot"]
+    (start,) = service["ExecStart"]
+    script = re.fullmatch(r"/bin/sh -c '(.*)'", start)
+    assert script, start
+    assert [s.strip() for s in script.group(1).split("&&")] == [
+        "sync",
+        "echo 1 > /proc/sys/vm/drop_caches",
+        "echo 1 > /proc/sys/vm/compact_memory",
+    ]
+    timer = read_unit(UNITS / "clawden-reclaim.timer")
+    assert timer["Timer"]["OnUnitActiveSec"] and timer["Timer"]["OnBootSec"]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+    script_text = (IMAGES / "customize.sh").read_text().replace("\\\n", " ")
+    enabled = [
+        word
+        for line in script_text.splitlines()
+        if re.match(r"\s*in_root systemctl enable ", line)
+        for word in line.split()
+    ]
+    assert "clawden-reclaim.timer" in enabled
+
+
 def test_systemd_analyze_accepts_the_lockdown_unit(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
