@@ -18,9 +18,11 @@ Sequence: start a controller, let it idle ~30 s, sample it (idle RSS, no
 claws); create two claws (timing create → ``whoami`` answered, so a
 translation-cache size can be weighed against the boot it slows), answer
 one ``whoami`` in each (so the forwards have been used once, as in real
-life), let them idle ~30 s, sample again.
+life), let them idle (120 s by default: the guest's clawden-reclaim.timer
+first drops its boot-time page cache 90 s after boot, and an idle claw is
+one past that), sample again.
 
-    .venv/bin/python -m bench.memory [--idle 30]      # prints one JSON object
+    .venv/bin/python -m bench.memory [--idle 120]     # prints one JSON object
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ HOST_TARGET_MIB = 256.0  # everything an idle 512 MiB claw holds (issue 9)
 CLAWS = ("bench-mem-a", "bench-mem-b")
 GUEST_MIB = 512  # the CLI's default, what an operator gets
 SAMPLES = 3
+CONTROLLER_IDLE_S = 30.0  # the controller alone settles in seconds
 SAMPLE_GAP_S = 3.0
 
 
@@ -133,8 +136,8 @@ def _qemu_pid(home: Home, claw: str) -> int:
 
 
 def run(home: Home, ctl_pid: int, idle_s: float) -> dict[str, Any]:
-    say(f"controller idle with no claws for {idle_s:.0f} s")
-    time.sleep(idle_s)
+    say(f"controller idle with no claws for {CONTROLLER_IDLE_S:.0f} s")
+    time.sleep(CONTROLLER_IDLE_S)
     ctl0 = sample_controller(ctl_pid)
     libvirtd0 = _daemon_rss("libvirtd")
     create_s: dict[str, float] = {}
@@ -191,7 +194,7 @@ def run(home: Home, ctl_pid: int, idle_s: float) -> dict[str, Any]:
     }
 
 
-def measure(idle_s: float = 30.0) -> dict[str, Any]:
+def measure(idle_s: float = 120.0) -> dict[str, Any]:
     def body() -> dict[str, Any]:
         with bench_home("bench-mem") as home:
             prep = ensure_image(home)
@@ -205,7 +208,7 @@ def measure(idle_s: float = 30.0) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--idle", type=float, default=30.0, help="seconds idle before sampling")
+    p.add_argument("--idle", type=float, default=120.0, help="seconds idle before sampling")
     args = p.parse_args(argv)
     unwind_on_sigterm()
     print(json.dumps(measure(args.idle), indent=2))
