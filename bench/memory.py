@@ -18,11 +18,11 @@ Sequence: start a controller, let it idle ~30 s, sample it (idle RSS, no
 claws); create two claws (timing create → ``whoami`` answered, so a
 translation-cache size can be weighed against the boot it slows), answer
 one ``whoami`` in each (so the forwards have been used once, as in real
-life), let them idle (120 s by default: the guest's clawden-reclaim.timer
-first drops its boot-time page cache 90 s after boot, and an idle claw is
+life), let them idle (240 s by default: the guest's clawden-reclaim.timer
+first drops its boot-time page cache 4 min after boot, and an idle claw is
 one past that), sample again.
 
-    .venv/bin/python -m bench.memory [--idle 120]     # prints one JSON object
+    .venv/bin/python -m bench.memory [--idle 240]     # prints one JSON object
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def run(home: Home, ctl_pid: int, idle_s: float) -> dict[str, Any]:
     }
 
 
-def measure(idle_s: float = 120.0) -> dict[str, Any]:
+def measure(idle_s: float = 240.0) -> dict[str, Any]:
     def body() -> dict[str, Any]:
         with bench_home("bench-mem") as home:
             prep = ensure_image(home)
@@ -208,7 +208,7 @@ def measure(idle_s: float = 120.0) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--idle", type=float, default=120.0, help="seconds idle before sampling")
+    p.add_argument("--idle", type=float, default=240.0, help="seconds idle before sampling")
     args = p.parse_args(argv)
     unwind_on_sigterm()
     print(json.dumps(measure(args.idle), indent=2))

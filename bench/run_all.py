@@ -1,6 +1,6 @@
 """Run every benchmark one after the other and write one JSON results file.
 
-    .venv/bin/python -m bench.run_all [--runs 3] [--cold 2] [--cached 3] [--idle 120]
+    .venv/bin/python -m bench.run_all [--runs 3] [--cold 2] [--cached 3] [--idle 240]
                                       [--rounds 200] [--says 5] [--flood-rounds 3]
                                       [--only boot,probe,memory,build,gateway,tokens,say,flood,rss]
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold", type=int, default=2, help="cold image builds (default 2)")
     p.add_argument("--cached", type=int, default=3, help="cached image builds (default 3)")
     p.add_argument(
-        "--idle", type=float, default=120.0, help="memory: claws' idle seconds (default 120)"
+        "--idle", type=float, default=240.0, help="memory: claws' idle seconds (default 240)"
     )
     p.add_argument("--rounds", type=int, default=200, help="gateway: measured rounds (default 200)")
     p.add_argument("--says", type=int, default=5, help="say: measured says (default 5)")

@@ -20,7 +20,15 @@ from pathlib import Path
 from appliance.core.domain import Accelerator, CpuQuota, DirectKernelBoot, Disk, DomainSpec
 from appliance.core.errors import HypervisorError
 
-TCG_TB_CACHE_MIB = 64
+# TCG's translation cache (QEMU's default is 1 GiB, which a booting guest
+# fills), fully resident once the guest has booted: it is the largest part of
+# a TCG claw's overhead. Measured on 2026-11-30 (512 MiB claw, 50 % CPU cap;
+# docs/performance.md#choosing-the-translation-cache-size): 16 MiB thrashes —
+# the guest re-translates so much that boot outlasts systemd's 90 s device
+# timeout and the claw lands in emergency mode; 32 MiB saves 32 MiB of host
+# memory per claw against 64 MiB at a boot cost given there. KVM and HVF have
+# no translation cache.
+TCG_TB_CACHE_MIB = 32
 
 
 # A CPU model every x86-64 kernel boots on and that TCG emulates fully; `max`
