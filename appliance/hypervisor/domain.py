@@ -21,16 +21,16 @@ from appliance.core.domain import Accelerator, CpuQuota, DirectKernelBoot, Disk,
 from appliance.core.errors import HypervisorError
 
 # TCG's translation cache (QEMU's default is 1 GiB, which a booting guest
-# fills), fully resident once the guest has booted: it is the largest part of
-# a TCG claw's overhead. Measured on 2026-11-30 (512 MiB claw, 50 % CPU cap;
-# docs/performance.md#choosing-the-translation-cache-size): 16 MiB thrashes —
-# the guest re-translates so much that boot outlasts systemd's 90 s device
-# timeout and the claw lands in emergency mode. 32 MiB holds an idle claw at
-# 259 MiB instead of 295 MiB (issue 9's target is 256), but its boot needs
-# ~27 % more CPU (101.6 vs 80.2 CPU-s to ready; 205 vs 163 s under the cap):
-# memory is held for the claw's whole life, a boot is paid once. KVM and HVF
-# have no translation cache.
-TCG_TB_CACHE_MIB = 32
+# fills), fully resident once the guest has booted: the largest part of a TCG
+# claw's overhead. Measured on 2026-11-30 (512 MiB claw, 50 % CPU cap;
+# docs/performance.md, "Memory given back"): 16 MiB thrashes —
+# boot outlasts systemd's 90 s device timeout and the claw lands in emergency
+# mode; 32 MiB holds an idle claw at 259 MiB instead of 295 MiB but its boot
+# needs ~27 % more CPU (101.6 vs 80.2 CPU-s to ready), and every later burst
+# of work re-translates more too. A TCG host is short of CPU before memory,
+# and "answers at once" is the point, so 64 MiB stays. KVM and HVF have no
+# translation cache.
+TCG_TB_CACHE_MIB = 64
 
 
 # A CPU model every x86-64 kernel boots on and that TCG emulates fully; `max`
