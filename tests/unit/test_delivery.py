@@ -11,6 +11,8 @@ import hashlib
 import io
 import itertools
 import os
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +30,7 @@ from appliance.controller import rpc
 from appliance.controller.context import Context
 from appliance.controller.daemon import Controller
 from appliance.controller.delivery import (
+    CRASHED_TEXT,
     MAX_REPLY_BYTES,
     AgentError,
     ChannelDelivery,
@@ -43,10 +46,14 @@ from appliance.core.messages import MAX_TEXT_BYTES
 from appliance.core.model import Claw, ClawState, domain_name, legacy_domain_name
 from appliance.core.ports import AcceleratorChoice, DomainState
 from appliance.core.schedule import CreatedBy, Job, JobKind
+from appliance.guest.warm import ServeLimits
 from appliance.hypervisor.fake import FakeHypervisor
 from appliance.store import Store, open_db
 from appliance.store.messages import MessageRepository
 from tests.support.local_sshd import LocalSshd, local_sshd, sshd_available
+from tests.unit.test_guest_warm import _pieces, serving
+
+COUNTERS = ("model_calls", "tool_calls", "prompt_tokens", "completion_tokens", "trimmed")
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs openssh-server and socat")
 
@@ -245,6 +252,162 @@ def test_a_failed_delivery_leaves_the_message_undelivered(
         converse(messages, transport, "alice", "hello", command=_cmd(agent, "busy"))
     [inbound] = messages.list("alice")
     assert inbound.direction == "in" and not inbound.delivered
+
+
+# ---- the warm agent ---------------------------------------------------------------
+# The "guest" is this machine: the real WarmAgent (or a process that dies the
+# way it could) listens on a socket here, and socat reaches it over the real
+# sshd exactly as the host's login reaches the guest's.
+DIES_MID_DELIVERY = r"""
+import json, os, socket, sys
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen(1)
+print("listening", flush=True)
+conn, _ = listener.accept()
+conn.sendall(json.dumps({"hello": "clawden-agent", "pid": os.getpid()}).encode() + b"\n")
+conn.recv(65536)
+conn.sendall(b'{"delta": "Let me "}\n')
+os._exit(1)  # as a crash or the OOM killer would: no final line
+"""
+
+
+def _warm(path: Path) -> tuple[str, ...]:
+    return ("socat", "-t", "60", "-", f"UNIX-CONNECT:{path}")
+
+
+def _one_shot_forbidden() -> list[str]:
+    # A fallback would run this and fail loudly: proof the warm path answered.
+    return ["sh", "-c", "echo one-shot ran >&2; exit 9"]
+
+
+def test_the_warm_agent_streams_its_reply_in_pieces(
+    transport: paramiko.Transport, tmp_path: Path
+) -> None:
+    path = tmp_path / "warm.sock"
+    got: list[str] = []
+    event = {"type": "message", "text": "hi", "channel": "cli"}
+    with serving(path, _pieces):
+        reply = deliver_event(
+            transport,
+            event,
+            30,
+            command=_one_shot_forbidden(),
+            warm=_warm(path),
+            on_text=got.append,
+            claw="alice",
+        )
+    assert got == ["you ", "said ", "hi"]
+    assert reply == {"text": "you said hi", "status": "reply", **dict.fromkeys(COUNTERS, 0)}
+
+
+def test_without_a_warm_agent_the_event_is_delivered_one_shot(
+    transport: paramiko.Transport, agent: Path, tmp_path: Path
+) -> None:
+    event = {"type": "message", "text": "hi", "channel": "cli", "sender": "operator"}
+    got: list[str] = []
+    reply = deliver_event(
+        transport,
+        event,
+        30,
+        command=_cmd(agent, "echo"),
+        warm=_warm(tmp_path / "none.sock"),
+        on_text=got.append,
+        claw="alice",
+    )
+    assert reply["text"] == "you said: hi via cli from operator"
+    assert got == []  # the one-shot agent does not stream
+
+
+def test_a_warm_agent_that_dies_mid_delivery_gives_the_owner_an_error_reply(
+    transport: paramiko.Transport, tmp_path: Path, messages: MessageRepository
+) -> None:
+    path = tmp_path / "dies.sock"
+    script = tmp_path / "dies.py"
+    script.write_text(DIES_MID_DELIVERY)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "listening\n"
+        got: list[str] = []
+        talk = converse(
+            messages,
+            transport,
+            "alice",
+            "hello",
+            command=_one_shot_forbidden(),
+            warm=_warm(path),
+            on_text=got.append,
+        )
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert got == ["Let me "]
+    assert talk.reply["status"] == "error" and talk.reply["text"] == CRASHED_TEXT
+    inbound, outbound = messages.list("alice")
+    assert (inbound.text, inbound.delivered) == ("hello", True)
+    assert (outbound.direction, outbound.text) == ("out", CRASHED_TEXT)
+
+
+def test_a_busy_warm_agent_is_unavailable_not_bypassed(
+    transport: paramiko.Transport, tmp_path: Path
+) -> None:
+    path = tmp_path / "busy.sock"
+    with serving(path, _pieces, ServeLimits(max_connections=0)):
+        with pytest.raises(Unavailable, match="busy with another delivery"):
+            deliver_event(
+                transport,
+                {"type": "heartbeat"},
+                30,
+                command=_one_shot_forbidden(),
+                warm=_warm(path),
+                claw="alice",
+            )
+
+
+@pytest.mark.parametrize(
+    ("lines", "why"),
+    [
+        (b'{"hello": "clawden-agent"}\nnot json\n', "not UTF-8 JSON"),
+        (b'{"hello": "clawden-agent"}\n{"delta": 5}\n', "not a string"),
+        (b'{"hello": "clawden-agent"}\n{"text": "a", "status": "reply"}\n{}\n', "after the"),
+        (b'{"text": "a", "status": "reply"}\n', "no hello first"),
+    ],
+)
+def test_a_warm_agent_breaking_the_protocol_is_refused(
+    transport: paramiko.Transport, tmp_path: Path, lines: bytes, why: str
+) -> None:
+    path = tmp_path / "bad.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(lines)
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(AgentError, match=why):
+            deliver_event(
+                transport,
+                {"type": "heartbeat"},
+                30,
+                command=_one_shot_forbidden(),
+                warm=_warm(path),
+                claw="alice",
+            )
+    finally:
+        thread.join(10)
+        listener.close()
 
 
 def test_a_reply_too_long_for_a_message_is_cut_and_marked(
