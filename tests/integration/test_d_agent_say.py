@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from appliance.controller import rpc
+from bench.say_roundtrip import WARM_AGENT_PIDS
 from tests.integration.conftest import Env, scripted_llm
 
 pytestmark = pytest.mark.integration
@@ -159,17 +160,9 @@ def test_say_goes_through_the_gateway_and_the_key_never_enters_the_guest(
 # claw's real channel. The test reads the controller's `say` op directly, so
 # it sees each piece of the reply as the controller relays it.
 
-AGENT_PIDS = (
-    # The warm agent's pid(s), found as the agent user: the pattern is split
-    # so this script's own command line does not match it.
-    'pat="guest.serve"; for d in /proc/[0-9]*; do '
-    "c=$(tr '\\0' ' ' < \"$d/cmdline\" 2>/dev/null) || continue; "
-    'case "$c" in *"$pat serve"*) echo "${d#/proc/}";; esac; done'
-)
-
 
 def _warm_pids(env: Env) -> list[int]:
-    out = env.run("claw", "exec", "alice", "--", "sh", "-c", AGENT_PIDS).stdout
+    out = env.run("claw", "exec", "alice", "--", *WARM_AGENT_PIDS).stdout
     return sorted(int(p) for p in out.split())
 
 
@@ -218,7 +211,7 @@ def test_the_warm_agent_streams_and_survives_being_killed(
 
         # Killed (as the agent user can do to its own service): systemd
         # starts a new one, and the next delivery works.
-        clawden_env.run("claw", "exec", "alice", "--", "kill", "-KILL", str(first))
+        _kill(clawden_env, first)
         second = _wait_for_warm_agent(clawden_env, other_than=first)
         pieces, final = _say(clawden_env, "are you back?")
         assert (final["status"], final["text"]) == ("reply", answer)
@@ -246,7 +239,7 @@ def test_a_crash_mid_delivery_is_an_error_reply_and_loses_nothing(
         while not upstream.requests:  # the agent is waiting for its model
             assert time.monotonic() < deadline, "the model was never called"
             time.sleep(0.5)
-        clawden_env.run("claw", "exec", "alice", "--", "kill", "-KILL", str(pid))
+        _kill(clawden_env, pid)
         talk.join(600)
         [(_, final)] = outcome
         assert final["status"] == "error", final
@@ -266,6 +259,11 @@ def test_a_crash_mid_delivery_is_an_error_reply_and_loses_nothing(
     db.close()
     assert rows[-4:-2] == [("in", "slow one"), ("out", final["text"])]
     assert rows[-2:] == [("in", "hello again"), ("out", "I am here again.")]
+
+
+def _kill(env: Env, pid: int) -> None:
+    # The shell's own kill: the image has no procps.
+    env.run("claw", "exec", "alice", "--", "sh", "-c", 'kill -KILL "$1"', "kill", str(pid))
 
 
 def _lines(env: Env, path: str) -> list[str]:
