@@ -16,9 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -32,6 +33,7 @@ from appliance.controller.daemon import Controller
 from appliance.controller.delivery import (
     CRASHED_TEXT,
     MAX_REPLY_BYTES,
+    MAX_STREAM_BYTES,
     AgentError,
     ChannelDelivery,
     converse,
@@ -368,6 +370,24 @@ def test_a_busy_warm_agent_is_unavailable_not_bypassed(
             )
 
 
+def test_a_warm_agent_flooding_pieces_is_cut_off(
+    transport: paramiko.Transport, tmp_path: Path
+) -> None:
+    def flood(raw: bytes, on_text: Callable[[str], None]) -> tuple[int, dict[str, Any]]:
+        for _ in range(MAX_STREAM_BYTES // 1000 + 10):
+            on_text("x" * 1000)
+        return 0, {"text": "done", "status": "reply"}
+
+    got: list[str] = []
+    with serving(tmp_path / "flood.sock", flood):
+        with pytest.raises(AgentError, match=f"more than {MAX_STREAM_BYTES} bytes"):
+            deliver_event(
+                transport, {"type": "heartbeat"}, 30, command=_one_shot_forbidden(),
+                warm=_warm(tmp_path / "flood.sock"), on_text=got.append, claw="alice",
+            )  # fmt: skip
+    assert 0 < len(got) * 1000 <= MAX_STREAM_BYTES
+
+
 @pytest.mark.parametrize(
     ("lines", "why"),
     [
@@ -535,6 +555,29 @@ def test_say_cli_prints_the_escaped_reply(
     captured = capsys.readouterr()
     assert captured.out == "\\x1b[2Jgotcha\nline two\n"
     assert "status budget" in captured.err
+
+
+def test_say_cli_prints_the_pieces_as_they_stream_escaped(
+    controller: _HarnessController,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from appliance.cli import main
+
+    def hostile(raw: bytes, on_text: Callable[[str], None]) -> tuple[int, dict[str, Any]]:
+        for piece in ("\x1b[2J", "got", "cha"):
+            on_text(piece)
+        return 0, {"text": "\x1b[2Jgotcha", "status": "reply"}
+
+    monkeypatch.setenv("CLAWDEN_HOME", str(tmp_path / "home"))
+    with serving(tmp_path / "warm.sock", hostile):
+        controller._warm_command = _warm(tmp_path / "warm.sock")
+        assert main(["claw", "say", "alice", "hello", "--timeout", "30"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "\\x1b[2Jgotcha\n"  # the pieces, escaped; not the reply again
+    [_, out] = MessageRepository(controller._ctx.store.db).list("alice")
+    assert out.text == "\x1b[2Jgotcha"  # stored as data, escaped where shown
 
 
 def test_say_refuses_unknown_claws_and_empty_text(
