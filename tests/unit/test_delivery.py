@@ -283,6 +283,19 @@ def _one_shot_forbidden() -> list[str]:
     return ["sh", "-c", "echo one-shot ran >&2; exit 9"]
 
 
+def _warm_only(transport: paramiko.Transport, path: Path, **kwargs: Any) -> dict[str, Any]:
+    """A heartbeat delivered to the warm agent at ``path`` (no fallback)."""
+    return deliver_event(
+        transport,
+        {"type": "heartbeat"},
+        30,
+        command=_one_shot_forbidden(),
+        warm=_warm(path),
+        claw="alice",
+        **kwargs,
+    )
+
+
 def test_the_warm_agent_streams_its_reply_in_pieces(
     transport: paramiko.Transport, tmp_path: Path
 ) -> None:
@@ -360,14 +373,7 @@ def test_a_busy_warm_agent_is_unavailable_not_bypassed(
     path = tmp_path / "busy.sock"
     with serving(path, _pieces, ServeLimits(max_connections=0)):
         with pytest.raises(Unavailable, match="busy with another delivery"):
-            deliver_event(
-                transport,
-                {"type": "heartbeat"},
-                30,
-                command=_one_shot_forbidden(),
-                warm=_warm(path),
-                claw="alice",
-            )
+            _warm_only(transport, path)
 
 
 def test_a_warm_agent_flooding_pieces_is_cut_off(
@@ -381,10 +387,7 @@ def test_a_warm_agent_flooding_pieces_is_cut_off(
     got: list[str] = []
     with serving(tmp_path / "flood.sock", flood):
         with pytest.raises(AgentError, match=f"more than {MAX_STREAM_BYTES} bytes"):
-            deliver_event(
-                transport, {"type": "heartbeat"}, 30, command=_one_shot_forbidden(),
-                warm=_warm(tmp_path / "flood.sock"), on_text=got.append, claw="alice",
-            )  # fmt: skip
+            _warm_only(transport, tmp_path / "flood.sock", on_text=got.append)
     assert 0 < len(got) * 1000 <= MAX_STREAM_BYTES
 
 
@@ -417,14 +420,7 @@ def test_a_warm_agent_breaking_the_protocol_is_refused(
     thread.start()
     try:
         with pytest.raises(AgentError, match=why):
-            deliver_event(
-                transport,
-                {"type": "heartbeat"},
-                30,
-                command=_one_shot_forbidden(),
-                warm=_warm(path),
-                claw="alice",
-            )
+            _warm_only(transport, path)
     finally:
         thread.join(10)
         listener.close()

@@ -114,39 +114,32 @@ def test_past_max_connections_a_delivery_is_told_busy(tmp_path: Path) -> None:
     assert first[0][-1]["text"] == "done"
 
 
-def test_it_retires_after_max_deliveries_finishing_what_it_has(tmp_path: Path) -> None:
-    path = tmp_path / "s"
-    agent = WarmAgent(
-        listening_socket(path), _pieces, ServeLimits(max_deliveries=2), rss=lambda: 50.0
-    )
+def _until_retired(path: Path, limits: ServeLimits, rss: float, deliveries: int) -> list[str]:
+    """Serve ``deliveries`` events, then what ``serve_forever`` returned (it must)."""
+    agent = WarmAgent(listening_socket(path), _pieces, limits, rss=lambda: rss)
     result: list[str] = []
     thread = threading.Thread(target=lambda: result.append(agent.serve_forever()))
     thread.start()
     try:
-        assert _talk(path, b'{"text": "1"}\n')[-1]["text"] == "you said 1"
-        assert _talk(path, b'{"text": "2"}\n')[-1]["text"] == "you said 2"
+        for i in range(deliveries):
+            assert _talk(path, b'{"text": "%d"}\n' % i)[-1]["text"] == f"you said {i}"
         thread.join(10)
-        assert result == ["2 deliveries served"]
+        return result
     finally:
         agent.stop("test over")
         agent.listener.close()
+
+
+def test_it_retires_after_max_deliveries_finishing_what_it_has(tmp_path: Path) -> None:
+    limits = ServeLimits(max_deliveries=2)
+    assert _until_retired(tmp_path / "s", limits, 50.0, 2) == ["2 deliveries served"]
 
 
 def test_it_retires_above_its_memory_cap(tmp_path: Path) -> None:
-    path = tmp_path / "s"
-    agent = WarmAgent(
-        listening_socket(path), _pieces, ServeLimits(max_rss_mib=100), rss=lambda: 101.0
-    )
-    result: list[str] = []
-    thread = threading.Thread(target=lambda: result.append(agent.serve_forever()))
-    thread.start()
-    try:
-        assert _talk(path, b'{"text": "1"}\n')[-1]["status"] == "reply"
-        thread.join(10)
-        assert result == ["resident memory 101 MiB is above 100 MiB"]
-    finally:
-        agent.stop("test over")
-        agent.listener.close()
+    limits = ServeLimits(max_rss_mib=100)
+    assert _until_retired(tmp_path / "s", limits, 101.0, 1) == [
+        "resident memory 101 MiB is above 100 MiB"
+    ]
 
 
 def test_a_host_that_hangs_up_does_not_cut_the_delivery_short(tmp_path: Path) -> None:
