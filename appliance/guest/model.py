@@ -13,6 +13,7 @@ side gets wrong is a ``ModelError``. Neither ever escapes the agent loop.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -182,10 +183,19 @@ class OpenAIChatModel:
         self._client = openai.OpenAI(
             base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries
         )
+        self.configured_model = default_model
         self.default_model = default_model
 
     def close(self) -> None:
         self._client.close()
+
+    def for_delivery(self) -> OpenAIChatModel:
+        """This client (its connections kept) for one more delivery, with the
+        model chosen afresh: the warm agent outlives ``llm.toml`` changes, and
+        a model the gateway listed for the last delivery may be gone."""
+        fresh = copy.copy(self)
+        fresh.default_model = self.configured_model
+        return fresh
 
     def _model_name(self, model: str | None) -> str:
         if model:

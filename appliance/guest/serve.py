@@ -204,12 +204,13 @@ def deliver(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """The warm agent (warm.py): one model client for every delivery."""
     listener = listening_socket(args.socket)
-    model, closable = _model(args)
+    # Imported and connected once, before the first delivery arrives.
+    _, closable = _model(args)
 
     def handle(raw: bytes, on_text: TextSink) -> tuple[int, dict[str, Any]]:
-        # The test hook's scripted model starts afresh for every delivery, as
-        # it does for one-shot ones.
-        fresh = _model(args)[0] if os.environ.get(TEST_SCRIPT_ENV) else model
+        # Every delivery starts as a one-shot one would: the model chosen
+        # afresh (the test hook's scripted model from its first step).
+        fresh = closable.for_delivery() if closable is not None else _model(args)[0]
         try:
             return run_event(args, raw, fresh, on_text)
         except Exception as exc:  # noqa: BLE001 - the host must always get one JSON line
