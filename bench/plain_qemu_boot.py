@@ -106,6 +106,14 @@ def _policy_checks(transport: paramiko.Transport) -> dict[str, str]:
         "listening_sockets": run(
             transport, "ss -Htuln | awk '{print $1, $5}' | sort | tr '\\n' ' '"
         ),
+        # The warm agent's socket: systemd's, reachable by the host's login
+        # only, not by the agent user (its processes cannot inject events).
+        "agent_socket": run(transport, "stat -c '%U:%G %a %F' /run/clawden-agent.sock"),
+        "agent_socket_as_agent": run(
+            transport,
+            "sudo -n /usr/lib/clawden/as-claw socat -u OPEN:/dev/null"
+            " UNIX-CONNECT:/run/clawden-agent.sock 2>&1 | grep -o 'Permission denied' || true",
+        ),
     }
     transport.cancel_port_forward("127.0.0.1", 7701)
     return checks

@@ -21,8 +21,21 @@ The breakdown, interleaved with the says (each round: say, then the rest):
                        wrapper's ``PYTHONPATH``: what the first model call
                        adds on top of the agent's start.
 
-The first say after ``create`` (the agent seeds the starter workspace and its
-history) is reported apart from the steady-state ones.
+``oneshot_say``        ``… -- sh -c 'printf %s EVENT | clawden-agent deliver'``:
+                       the same message delivered the way every say was
+                       before the warm agent (a fresh agent process through
+                       ``as-claw``), minus its model time: the same run's
+                       baseline for the warm path.
+``first_token_s``      a say read from the controller's socket as it streams:
+                       from the upstream receiving the model call (it sends
+                       the first word at once) to the first piece reaching
+                       the client.
+
+The say goes to the warm agent (``clawden-agent serve``), which the bench
+waits for after ``create``. The upstream streams its words 0.2 s apart
+(model time, subtracted like the rest of it). The first say after ``create``
+(the agent seeds the starter workspace and its history) is reported apart
+from the steady-state ones.
 
     .venv/bin/python -m bench.say_roundtrip [--says 5]    # prints one JSON object
 """
@@ -36,6 +49,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from appliance.controller import rpc
 from appliance.llm.scripted import ScriptedModelServer
 from bench._common import (
     Home,
@@ -56,10 +70,28 @@ MEMBER = "Bench"
 MODEL = "bench-model"
 REPLY = "Hello from the bench."
 TEXT = "hello, are you there?"
+# The warm agent's pid(s), listed as the agent user (`claw exec NAME -- ...`):
+# the pattern is split so the script's own command line does not match it.
+WARM_AGENT_PIDS = (
+    "sh",
+    "-c",
+    'pat="guest.serve"; for d in /proc/[0-9]*; do '
+    "c=$(tr '\\0' ' ' < \"$d/cmdline\" 2>/dev/null) || continue; "
+    'case "$c" in *"$pat serve"*) echo "${d#/proc/}";; esac; done',
+)
+PIECE_DELAY_S = 0.2
 SCENARIO = {
     "models": [MODEL],
-    "steps": [{"name": "answer at once", "repeat": True, "reply": {"content": REPLY}}],
+    "steps": [
+        {
+            "name": "answer at once, word by word",
+            "repeat": True,
+            "piece_delay_s": PIECE_DELAY_S,
+            "reply": {"content": REPLY},
+        }
+    ],
 }
+EVENT = json.dumps({"type": "message", "text": TEXT, "channel": "cli", "sender": "operator"})
 AGENT_PATH = "PYTHONPATH=/opt/clawden/site:/opt/clawden PYTHONDONTWRITEBYTECODE=1"
 BREAKDOWN: dict[str, list[str]] = {
     "exec_true": ["true"],
@@ -84,17 +116,57 @@ def one_say(home: Home, upstream: ScriptedModelServer) -> dict[str, float]:
     wall, out = _timed(home, "claw", "say", NAME, TEXT, "--timeout", "600")
     if REPLY not in out:
         raise RuntimeError(f"say answered {out!r}, expected {REPLY!r}")
-    calls = upstream.timings[first:]
-    chats = [t for t in calls if t["path"].startswith("/v1/chat/completions")]
-    if not chats:
-        raise RuntimeError("the say reached no model")
-    model_s = sum(t["handled_s"] for t in calls)
+    model_s, _ = _model_s(upstream, first)
     return {
         "wall_s": wall,
         "model_s": model_s,
         "excl_model_s": wall - model_s,
-        "upstream_calls": len(calls),
+        "upstream_calls": len(upstream.timings) - first,
     }
+
+
+def _model_s(upstream: ScriptedModelServer, first: int) -> tuple[float, list[dict[str, Any]]]:
+    calls = upstream.timings[first:]
+    chats = [t for t in calls if t["path"].startswith("/v1/chat/completions")]
+    if not chats:
+        raise RuntimeError("the say reached no model")
+    return sum(t["handled_s"] for t in calls), chats
+
+
+def oneshot_say(home: Home, upstream: ScriptedModelServer) -> float:
+    """A one-shot delivery of the same message, minus its model time."""
+    first = len(upstream.timings)
+    script = 'printf "%s" "$1" | clawden-agent deliver'
+    wall, out = _timed(home, "claw", "exec", NAME, "--", "sh", "-c", script, "say", EVENT)
+    if REPLY not in out:
+        raise RuntimeError(f"the one-shot agent answered {out!r}, expected {REPLY!r}")
+    return wall - _model_s(upstream, first)[0]
+
+
+def first_token(home: Home, upstream: ScriptedModelServer) -> dict[str, float]:
+    """Seconds from the upstream's first word to the first piece at the client."""
+    first = len(upstream.timings)
+    request = {"op": "say", "claw": NAME, "text": TEXT, "timeout": 600, "wait": 60}
+    first_piece_at: float | None = None
+    pieces = 0
+    for line in rpc.stream(home.path / "run" / "controller.sock", request, timeout=700):
+        if set(line) == {"delta"}:
+            pieces += 1
+            first_piece_at = first_piece_at or time.time()
+    _, chats = _model_s(upstream, first)
+    if first_piece_at is None or pieces < 2:
+        raise RuntimeError(f"the say streamed {pieces} pieces; is the warm agent running?")
+    return {"first_token_s": first_piece_at - chats[-1]["received_at"], "pieces": pieces}
+
+
+def wait_for_warm_agent(home: Home) -> float:
+    """Seconds until the warm agent's service is running after ``create``."""
+    started = time.monotonic()
+    while time.monotonic() - started < 300:
+        if home.clawden("claw", "exec", NAME, "--", *WARM_AGENT_PIDS, timeout=120).stdout:
+            return time.monotonic() - started
+        time.sleep(1)
+    raise RuntimeError("the warm agent did not start within 300 s")
 
 
 def measure_in_vm(home: Home, says: int) -> dict[str, Any]:
@@ -107,20 +179,24 @@ def measure_in_vm(home: Home, says: int) -> dict[str, Any]:
             create_s, _ = _timed(
                 home, "claw", "create", NAME, "--member", MEMBER, "--timeout", "400"
             )
-            say(f"say: {NAME} ready after {create_s:.1f} s; first say")
+            warm_s = wait_for_warm_agent(home)
+            say(f"say: {NAME} ready after {create_s:.1f} s, its warm agent {warm_s:.1f} s later")
             first = one_say(home, upstream)
             rounds: list[dict[str, Any]] = []
             for i in range(1, says + 1):
                 r: dict[str, Any] = {"say": one_say(home, upstream)}
                 for part, argv in BREAKDOWN.items():
                     r[part], _ = _timed(home, "claw", "exec", NAME, "--", *argv)
+                r["oneshot_say"] = oneshot_say(home, upstream)
+                r.update(first_token(home, upstream))
                 say(
                     f"say {i}/{says}: {r['say']['wall_s']:.2f} s "
                     f"(model {r['say']['model_s'] * 1000:.1f} ms), exec true {r['exec_true']:.2f} s"
                 )
                 rounds.append(r)
             destroy_s, _ = _timed(home, "claw", "destroy", NAME, "--yes")
-    return {"create_s": round(create_s, 2), "destroy_s": round(destroy_s, 2),
+    return {"create_s": round(create_s, 2), "warm_agent_after_s": round(warm_s, 2),
+            "destroy_s": round(destroy_s, 2),
             "first_say": {k: round(v, 4) for k, v in first.items()}, "rounds": rounds}  # fmt: skip
 
 
@@ -139,6 +215,10 @@ def aggregate(raw: dict[str, Any]) -> dict[str, Any]:
     }
     for part in BREAKDOWN:
         out[part + "_s"] = summary([r[part] for r in rounds])
+    out["oneshot_say_excl_model_s"] = summary([r["oneshot_say"] for r in rounds])
+    out["first_token_s"] = summary([r["first_token_s"] for r in rounds])
+    warm = out["say_excl_model_s"]["median"]
+    out["warm_over_oneshot"] = round(warm / out["oneshot_say_excl_model_s"]["median"], 3)
     return {**out, **{k: v for k, v in raw.items() if k != "rounds"}, "raw_rounds": rounds}
 
 

@@ -100,7 +100,8 @@ rm -f "$root"/tmp/clawden-check-key "$root"/tmp/clawden-check-key.pub "$root/tmp
 
 # --- systemd ----------------------------------------------------------------
 in_root systemctl enable clawden-seed.service clawden-control.service clawden-powerbtn.service \
-    clawden-lockdown.service clawden-bindguard.service clawden-reclaim.timer >/dev/null
+    clawden-lockdown.service clawden-bindguard.service clawden-reclaim.timer \
+    clawden-agent.socket clawden-agent.service >/dev/null
 # Jobs that write to the (read-only) root or are useless without a network.
 # (fstrim.timer too: /data, the only writable disk, is mounted with `discard`.)
 in_root systemctl mask e2scrub_all.timer e2scrub_reap.service fstrim.timer \

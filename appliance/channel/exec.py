@@ -41,8 +41,10 @@ class ExecResult:
     truncated: bool  # stdout went past ``max_stdout``: the command was abandoned
 
 
-class _Full(Exception):
-    pass
+class OutputFull(Exception):
+    """Raised by an ``on_stdout`` that has had enough: the command is abandoned."""
+
+    stderr_tail: bytes = b""
 
 
 def exec_capped(
@@ -62,12 +64,44 @@ def exec_capped(
     ``timeout`` s and ``ChannelDropped`` ("the channel to claw … dropped
     {doing}") when SSH fails."""
     out = bytearray()
-    err = bytearray()
 
     def on_stdout(chunk: bytes) -> None:
         out.extend(chunk)
         if len(out) > max_stdout:
-            raise _Full  # closes the channel: the rest is never read
+            raise OutputFull  # closes the channel: the rest is never read
+
+    try:
+        code, err = exec_streaming(
+            transport,
+            command,
+            on_stdout,
+            claw=claw,
+            doing=doing,
+            timeout=timeout,
+            stdin=stdin,
+            keep_stderr=keep_stderr,
+        )
+    except OutputFull as full:
+        return ExecResult(-1, bytes(out[:max_stdout]), full.stderr_tail, True)
+    return ExecResult(code, bytes(out), err, False)
+
+
+def exec_streaming(
+    transport: Transport,
+    command: str,
+    on_stdout: Callable[[bytes], None],
+    *,
+    claw: str,
+    doing: str,
+    timeout: float,
+    stdin: bytes | None = b"",
+    keep_stderr: int = DEFAULT_STDERR_KEPT,
+) -> tuple[int, bytes]:
+    """Run ``command`` like ``exec_capped``, handing stdout to ``on_stdout`` as
+    it arrives; (exit code, stderr's tail). ``on_stdout`` raising
+    ``OutputFull`` (or anything) closes the channel; ``OutputFull`` comes back
+    with the stderr tail so far."""
+    err = bytearray()
 
     def on_stderr(chunk: bytes) -> None:
         err.extend(chunk)
@@ -75,8 +109,9 @@ def exec_capped(
 
     try:
         code = run_command(transport, command, on_stdout, on_stderr, timeout=timeout, stdin=stdin)
-    except _Full:
-        return ExecResult(-1, bytes(out[:max_stdout]), bytes(err), True)
+    except OutputFull as full:
+        full.stderr_tail = bytes(err)
+        raise
     except CommandTimeout:
         raise
     except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -84,15 +119,17 @@ def exec_capped(
             f"the channel to claw {claw!r} dropped {doing} ({type(exc).__name__})",
             f"check `clawden claw status {claw}` and retry",
         ) from None
-    return ExecResult(code, bytes(out), bytes(err), False)
+    return code, bytes(err)
 
 
 __all__ = [
     "ChannelDropped",
     "CommandTimeout",
     "ExecResult",
+    "OutputFull",
     "Transport",
     "TransportFor",
     "WaitingTransportFor",
     "exec_capped",
+    "exec_streaming",
 ]

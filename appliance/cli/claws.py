@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from appliance.app import build_context, load_settings
 from appliance.cli import skills
@@ -265,9 +266,26 @@ def claw_say(args: argparse.Namespace) -> int:
         raise InvalidInput(f"invalid --timeout {args.timeout}", "give a positive number of seconds")
     request = {"op": "say", "claw": name, "text": args.text, "timeout": args.timeout, "wait": 60}
     # The socket waits for the channel (60 s) and the reply, plus some slack.
-    reply = rpc.call(load_settings().controller_socket, request, timeout=args.timeout + 90)
+    # The reply's pieces are printed as the model writes them (a warm agent
+    # streams); the stored reply is the final one, printed whole if the
+    # pieces were not all of it (a step that called tools said something first).
+    streamed: list[str] = []
+    reply: dict[str, Any] = {}
+    for line in rpc.stream(load_settings().controller_socket, request, timeout=args.timeout + 90):
+        if set(line) == {"delta"}:
+            piece = printable(str(line["delta"]))
+            streamed.append(piece)
+            print(piece, end="", flush=True)
+        else:
+            reply = line
     status = str(reply.get("status"))
-    print(printable(str(reply.get("text", ""))))
+    text = printable(str(reply.get("text", "")))
+    if not streamed:
+        print(text)
+    elif "".join(streamed).endswith(text):
+        print()
+    else:
+        print(f"\n{text}")
     if status not in ("reply", "heartbeat_ok"):
         # budget, unavailable, error, max_steps: the text explains, this names it.
         print(f"note: the claw answered with status {printable(status)}", file=sys.stderr)

@@ -23,6 +23,7 @@ from appliance.controller.context import Context
 from appliance.controller.delivery import (
     AGENT_COMMAND,
     DEFAULT_TIMEOUT,
+    WARM_COMMAND,
     ChannelDelivery,
     converse,
 )
@@ -57,6 +58,7 @@ class Controller:
         agent_command: Sequence[str] = AGENT_COMMAND,
         refusals: Refusals | None = None,
         as_agent: Sequence[str] = AS_AGENT,
+        warm_command: Sequence[str] | None = WARM_COMMAND,
     ) -> None:
         # One Context (one SQLite connection) for every thread: the store
         # serialises access itself, and opening more connections per request
@@ -73,11 +75,17 @@ class Controller:
         # command events are delivered to; tests point it elsewhere.
         self._as_agent = tuple(as_agent)
         self._agent_command = (*self._as_agent, *agent_command)
+        # The warm agent's socket is the host login's own to reach: no as-claw.
+        self._warm_command = warm_command
         self.channels = ChannelManager(registry, self._target_for, self._audit_event)
         self.scheduler = SchedulerThread(
             SchedulerRunner(
                 self._ctx.store.schedules,
-                ChannelDelivery(self._scheduled_transport, command=self._agent_command),
+                ChannelDelivery(
+                    self._scheduled_transport,
+                    command=self._agent_command,
+                    warm=self._warm_command,
+                ),
                 heartbeats=ChannelHeartbeatSource(self._scheduled_transport, runner=self._as_agent),
                 messages=self._messages,
                 refusals=self._refusals,
@@ -321,9 +329,30 @@ class Controller:
             channel=channel,
             timeout=timeout,
             command=self._agent_command,
+            warm=self._warm_command,
+            on_text=_relay(send),
         )
         return {
             **talk.reply,
             "in_id": talk.inbound.id,
             "out_id": None if talk.outbound is None else talk.outbound.id,
         }
+
+
+def _relay(send: Callable[[Reply], None]) -> Callable[[str], None]:
+    """Pieces of a streaming reply to the client, as ``{"delta": text}``
+    (untrusted model text, passed on as data: the CLI escapes it). A client
+    that hung up stops getting them, and the delivery goes on, so the reply
+    is still stored."""
+    gone = False
+
+    def relay(piece: str) -> None:
+        nonlocal gone
+        if gone:
+            return
+        try:
+            send({"delta": piece})
+        except OSError:
+            gone = True
+
+    return relay

@@ -1,9 +1,12 @@
 """Delivering events to a claw's agent: one SSH exec per event, JSON in and out.
 
-The guest has no listening socket; the host runs ``clawden-agent deliver`` as
-``claw`` (through the guest's ``as-claw`` helper) over the claw's channel,
-writes one JSON event to its stdin and reads one JSON line back
-(docs/agent.md, "Delivery"). Everything that comes back is untrusted — a
+First to the warm agent (docs/agent.md, "The warm agent"): the host's login
+connects to its socket with ``socat`` (no sudo, no Python start), writes the
+event and reads the reply as it streams, passing each piece on. When the warm
+agent is not there — no hello came back, so it never read the event — the
+host runs ``clawden-agent deliver`` as ``claw`` (through the guest's
+``as-claw`` helper), writes the event to its stdin and reads one JSON line
+back (docs/agent.md, "Delivery"). Everything that comes back is untrusted — a
 claw's model, or a compromised guest, wrote it — so the reply is size-capped,
 parsed strictly, reduced to known fields of known types, and stored or shown
 only as data (escaping happens wherever it is displayed).
@@ -18,11 +21,19 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.channel.exec import CommandTimeout, Transport, TransportFor, exec_capped
+from appliance.channel.exec import (
+    CommandTimeout,
+    OutputFull,
+    Transport,
+    TransportFor,
+    exec_capped,
+    exec_streaming,
+)
+from appliance.controller.agent_stream import AgentStream, StreamError
 from appliance.core.errors import ClawdenError, InvalidInput, Unavailable
 from appliance.core.messages import MAX_TEXT_BYTES, Message, check_text
 from appliance.core.schedule import Job, JobKind, parse_heartbeat
@@ -34,6 +45,11 @@ log = logging.getLogger(__name__)
 
 # The image installs this wrapper around `python3 -m guest.serve`.
 AGENT_COMMAND: tuple[str, ...] = ("clawden-agent", "deliver")
+# The warm agent's socket (images/overlay/etc/systemd/system/clawden-agent.socket,
+# root:clawctl 0660), reached by the host's login itself. socat's -t: after
+# the event's EOF, keep relaying the reply (the exec's deadline bounds it).
+WARM_SOCKET = "/run/clawden-agent.sock"
+WARM_COMMAND: tuple[str, ...] = ("socat", "-t", "3600", "-", f"UNIX-CONNECT:{WARM_SOCKET}")
 # The agent waits up to 900 s for another delivery's lock and an approval may
 # take 900 s more (docs/agent.md): a shorter exec would abandon live work.
 DEFAULT_TIMEOUT = 1860.0
@@ -41,6 +57,13 @@ MAX_EVENT_BYTES = 1024 * 1024  # what the agent reads at most
 # One reply line carries the model's final text; anything much larger than a
 # message can be is a broken or hostile agent, and is not buffered further.
 MAX_REPLY_BYTES = 256 * 1024
+# Streamed pieces repeat the reply's text with a few bytes of JSON around
+# each word: a few times the reply, bounded all the same.
+MAX_STREAM_BYTES = 8 * MAX_REPLY_BYTES
+CRASHED_TEXT = (
+    "Sorry — my agent stopped in the middle of this message and is restarting. "
+    "Nothing stored was lost; please send it again."
+)
 _STDERR_KEPT = 4096
 _ERROR_TEXT = 500  # characters of an agent's error message we pass on
 
@@ -48,6 +71,7 @@ REPLY_STATUSES = frozenset({"reply", "heartbeat_ok", "max_steps", "budget", "una
 _COUNTERS = ("model_calls", "tool_calls", "prompt_tokens", "completion_tokens", "trimmed")
 
 Reply = dict[str, Any]
+TextSink = Callable[[str], None]
 
 
 class AgentError(ClawdenError):
@@ -149,11 +173,19 @@ def deliver_event(
     timeout: float = DEFAULT_TIMEOUT,
     *,
     command: Sequence[str] = AGENT_COMMAND,
+    warm: Sequence[str] | None = WARM_COMMAND,
+    on_text: TextSink | None = None,
     claw: str = "?",
 ) -> Reply:
-    """Run the agent's ``deliver`` command with ``event`` on stdin; return its
-    reply (``text``, ``status`` and the counters), or raise a ClawdenError."""
+    """Deliver ``event`` to the warm agent (``warm``; None: never), else run
+    the agent's one-shot ``command`` with it on stdin; return the reply
+    (``text``, ``status`` and the counters), or raise a ClawdenError. The warm
+    agent's pieces of text go to ``on_text`` as they arrive."""
     payload = _check_event(event)
+    if warm:
+        reply = _deliver_warm(transport, payload, timeout, warm, on_text, claw)
+        if reply is not None:
+            return reply
     try:
         result = exec_capped(
             transport,
@@ -167,11 +199,7 @@ def deliver_event(
             keep_stderr=_STDERR_KEPT,
         )
     except CommandTimeout:
-        raise Unavailable(
-            f"claw {claw!r} did not reply within {timeout:.0f} s",
-            "it may still be working (its history keeps the message); retry with a longer "
-            "--timeout",
-        ) from None
+        raise _timed_out(claw, timeout) from None
     if result.truncated:
         raise AgentError(
             f"claw {claw!r}'s agent sent more than {MAX_REPLY_BYTES} bytes instead of one reply",
@@ -179,20 +207,80 @@ def deliver_event(
         )
     code, out, err = result.exit_code, result.stdout, result.stderr_tail
     if code != 0:
-        if err:
-            # Guest text: escaped, newlines too, so it cannot forge log lines.
-            log.warning(
-                "claw %s: agent exited %d: %s",
-                claw,
-                code,
-                printable(err.decode("utf-8", "replace")).replace("\n", "\\n"),
-            )
+        _log_stderr(claw, f"agent exited {code}", err)
         try:
             data = _one_json_line(out, claw)
         except AgentError:
             data = None
         raise _failure(code, data, claw)
     return _reply(_one_json_line(out, claw), claw)
+
+
+def _deliver_warm(
+    transport: Transport,
+    payload: bytes,
+    timeout: float,
+    command: Sequence[str],
+    on_text: TextSink | None,
+    claw: str,
+) -> Reply | None:
+    """The reply through the warm agent; None when it was not reached (it
+    sent no hello, so it never read the event: delivering one-shot is safe)."""
+    stream = AgentStream(on_text, MAX_STREAM_BYTES)
+    try:
+        code, err = exec_streaming(
+            transport,
+            "exec " + shlex.join(command),
+            stream.feed,
+            claw=claw,
+            doing="during the delivery",
+            timeout=timeout,
+            stdin=payload + b"\n",
+            keep_stderr=_STDERR_KEPT,
+        )
+        stream.finish()
+    except CommandTimeout:
+        raise _timed_out(claw, timeout) from None
+    except OutputFull:
+        raise AgentError(
+            f"claw {claw!r}'s warm agent sent more than {MAX_STREAM_BYTES} bytes for one reply",
+            "check the agent in the image; the reply was dropped",
+        ) from None
+    except StreamError as exc:
+        raise AgentError(
+            f"claw {claw!r}'s warm agent broke the protocol ({exc})",
+            "check the agent in the image; `clawden claw exec NAME -- journalctl -u "
+            "clawden-agent` shows its log",
+        ) from None
+    if not stream.hello:
+        _log_stderr(claw, f"warm agent not reached (exit {code}), delivering one-shot", err, "info")
+        return None
+    if not stream.has_final:
+        # It read the event and died (killed, out of memory, a bug): the
+        # owner hears so, and systemd is already starting a new one.
+        log.warning("claw %s: the warm agent stopped mid-delivery (exit %d)", claw, code)
+        return {"text": CRASHED_TEXT, "status": "error", **dict.fromkeys(_COUNTERS, 0)}
+    data = stream.final
+    exit_code = data.get("exit", 0) if isinstance(data, dict) else 0
+    if exit_code != 0:
+        raise _failure(exit_code if isinstance(exit_code, int) else 1, data, claw)
+    return _reply(data, claw)
+
+
+def _timed_out(claw: str, timeout: float) -> Unavailable:
+    return Unavailable(
+        f"claw {claw!r} did not reply within {timeout:.0f} s",
+        "it may still be working (its history keeps the message); retry with a longer --timeout",
+    )
+
+
+def _log_stderr(claw: str, what: str, err: bytes, level: str = "warning") -> None:
+    if not err and level == "info":
+        log.info("claw %s: %s", claw, what)
+        return
+    # Guest text: escaped, newlines too, so it cannot forge log lines.
+    text = printable(err.decode("utf-8", "replace")).replace("\n", "\\n")
+    getattr(log, level)("claw %s: %s: %s", claw, what, text)
 
 
 def fit_message(text: str) -> str:
@@ -222,6 +310,8 @@ def converse(
     sender: str = "operator",
     timeout: float = DEFAULT_TIMEOUT,
     command: Sequence[str] = AGENT_COMMAND,
+    warm: Sequence[str] | None = WARM_COMMAND,
+    on_text: TextSink | None = None,
 ) -> Conversation:
     """Store a message to ``claw``, deliver it, store and return the reply.
 
@@ -235,7 +325,9 @@ def converse(
         raise InvalidInput("the message is empty", "say something")
     inbound = messages.add(claw, "in", channel, sender, text, kind="chat")
     event = {"type": "message", "text": text, "channel": channel, "sender": sender}
-    reply = deliver_event(transport, event, timeout, command=command, claw=claw)
+    reply = deliver_event(
+        transport, event, timeout, command=command, warm=warm, on_text=on_text, claw=claw
+    )
     messages.mark_delivered(inbound.id)
     outbound = None
     if reply["status"] != "heartbeat_ok":
@@ -269,10 +361,12 @@ class ChannelDelivery:
         transport_for: TransportFor,
         timeout: float = DEFAULT_TIMEOUT,
         command: Sequence[str] = AGENT_COMMAND,
+        warm: Sequence[str] | None = WARM_COMMAND,
     ) -> None:
         self._transport_for = transport_for
         self.timeout = timeout
         self.command = tuple(command)
+        self.warm = warm
 
     def deliver(self, job: Job, reason: str) -> DeliveryResult:
         transport = self._transport_for(job.claw)
@@ -281,6 +375,7 @@ class ChannelDelivery:
             schedule_event(job, reason),
             self.timeout,
             command=self.command,
+            warm=self.warm,
             claw=job.claw,
         )
         detail = f"{reply['status']}, {reply['model_calls']} model calls"

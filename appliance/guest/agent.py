@@ -25,7 +25,7 @@ from . import confined
 from . import heartbeat as hb
 from . import workspace as ws
 from .history import History, Message, transcript
-from .model import AssistantMessage, ChatModel, ModelError, ModelUnavailable
+from .model import AssistantMessage, ChatModel, ModelError, ModelUnavailable, TextSink
 from .skills import SkillIndex
 from .tools import ToolBox
 
@@ -143,9 +143,11 @@ class Agent:
         self.clock = clock
         self.limits = limits or Limits()
 
-    def handle(self, event: Event) -> AgentReply:
+    def handle(self, event: Event, on_text: TextSink | None = None) -> AgentReply:
+        """Answer ``event``; the model's text goes to ``on_text`` as it streams
+        (every step's, so a step that calls tools may say something first)."""
         if event.kind == "heartbeat":
-            return self._heartbeat(event)
+            return self._heartbeat(event, on_text)
         now = self.clock()
         first_run = ws.bootstrap_pending(self.workspace)
         prompt = ws.assemble_system_prompt(
@@ -162,9 +164,9 @@ class Agent:
         history = History(self.state_dir, "main", self.clock)
         history.append({"role": "user", "content": f"{where}\n{event.text}"})
         model = event.model or self.limits.model
-        return self._loop(history, system, model, self.limits.context_chars, self.tools)
+        return self._loop(history, system, model, self.limits.context_chars, self.tools, on_text)
 
-    def _heartbeat(self, event: Event) -> AgentReply:
+    def _heartbeat(self, event: Event, on_text: TextSink | None = None) -> AgentReply:
         # The host skips empty checklists already; this keeps a stray beat free too.
         if ws.heartbeat_checklist_empty(self.workspace):
             return AgentReply(HEARTBEAT_OK, "heartbeat_ok")
@@ -175,13 +177,21 @@ class Agent:
         history.append({"role": "user", "content": text})
         model = event.model or self.limits.heartbeat_model or self.limits.model
         tools = hb.OnDemandTools(self.tools)
-        reply = self._loop(history, system, model, self.limits.heartbeat_context_chars, tools)
+        reply = self._loop(
+            history, system, model, self.limits.heartbeat_context_chars, tools, on_text
+        )
         if reply.status == "reply" and hb.is_heartbeat_ok(reply.text):
             reply.status = "heartbeat_ok"
         return reply
 
     def _loop(
-        self, history: History, system: str, model: str | None, budget: int, tools: ToolSet
+        self,
+        history: History,
+        system: str,
+        model: str | None,
+        budget: int,
+        tools: ToolSet,
+        on_text: TextSink | None = None,
     ) -> AgentReply:
         run = _Run()
         turn_start = len(history.all) - 1  # the user message of this event
@@ -189,7 +199,9 @@ class Agent:
             for _ in range(self.limits.max_steps):
                 run.reply.trimmed += self._trim(history, budget, turn_start, model, run)
                 messages: list[Message] = [{"role": "system", "content": system}]
-                answer = self.model.complete(messages + history.messages, tools.schemas(), model)
+                answer = self.model.complete(
+                    messages + history.messages, tools.schemas(), model, on_text
+                )
                 run.count(answer)
                 history.append(answer.to_message())
                 if not answer.tool_calls:

@@ -13,6 +13,7 @@ side gets wrong is a ``ModelError``. Neither ever escapes the agent loop.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -23,6 +24,10 @@ GATEWAY_URL = "http://127.0.0.1:7702/v1"
 DUMMY_KEY = "clawden-no-key"  # the gateway injects the real key; the guest holds none
 
 Message = dict[str, Any]
+# Where the streamed text of a model's answer goes, piece by piece, as it
+# arrives (the warm agent relays it to the host); the whole answer is
+# still returned at the end.
+TextSink = Callable[[str], None]
 
 
 class ModelError(Exception):
@@ -74,7 +79,11 @@ class AssistantMessage:
 
 class ChatModel(Protocol):
     def complete(
-        self, messages: Sequence[Message], tools: Sequence[Message], model: str | None
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Message],
+        model: str | None,
+        on_text: TextSink | None = None,
     ) -> AssistantMessage: ...
 
 
@@ -107,7 +116,11 @@ class FakeChatModel:
     calls: list[FakeCall] = field(default_factory=list)
 
     def complete(
-        self, messages: Sequence[Message], tools: Sequence[Message], model: str | None
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Message],
+        model: str | None,
+        on_text: TextSink | None = None,
     ) -> AssistantMessage:
         names = [str(t["function"]["name"]) for t in tools]
         # A deep copy: the loop keeps appending to its list after the call.
@@ -117,9 +130,12 @@ class FakeChatModel:
         step = self.script[len(self.calls) - 1]
         if isinstance(step, Exception):
             raise step
-        if isinstance(step, AssistantMessage):
-            return step
-        return step(messages)
+        answer = step if isinstance(step, AssistantMessage) else step(messages)
+        if on_text is not None and answer.content:
+            # Word by word, as a streaming model would send it.
+            for piece in re.findall(r"\s*\S+", answer.content):
+                on_text(piece)
+        return answer
 
 
 def script_from_json(data: Any) -> FakeChatModel:
@@ -167,10 +183,19 @@ class OpenAIChatModel:
         self._client = openai.OpenAI(
             base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries
         )
+        self.configured_model = default_model
         self.default_model = default_model
 
     def close(self) -> None:
         self._client.close()
+
+    def for_delivery(self) -> OpenAIChatModel:
+        """This client (its connections kept) for one more delivery, with the
+        model chosen afresh: the warm agent outlives ``llm.toml`` changes, and
+        a model the gateway listed for the last delivery may be gone."""
+        fresh = copy.copy(self)
+        fresh.default_model = self.configured_model
+        return fresh
 
     def _model_name(self, model: str | None) -> str:
         if model:
@@ -184,7 +209,11 @@ class OpenAIChatModel:
         return self.default_model
 
     def complete(
-        self, messages: Sequence[Message], tools: Sequence[Message], model: str | None
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Message],
+        model: str | None,
+        on_text: TextSink | None = None,
     ) -> AssistantMessage:
         oa = self._openai
         try:
@@ -200,7 +229,7 @@ class OpenAIChatModel:
                 **extra,
             )
             with stream:
-                return _assemble(stream)
+                return _assemble(stream, on_text)
         except oa.RateLimitError as exc:
             message = _error_message(exc)
             budget = _error_code(exc) == "insufficient_quota"
@@ -231,8 +260,9 @@ def _error_code(exc: Any) -> str | None:
     return str(code) if code else None
 
 
-def _assemble(chunks: Any) -> AssistantMessage:
-    """One message from streamed chunks: text pieces joined, tool calls by index."""
+def _assemble(chunks: Any, on_text: TextSink | None = None) -> AssistantMessage:
+    """One message from streamed chunks: text pieces joined (and passed to
+    ``on_text`` as they come), tool calls by index."""
     text: list[str] = []
     calls: dict[int, dict[str, str]] = {}
     usage: Usage | None = None
@@ -243,6 +273,8 @@ def _assemble(chunks: Any) -> AssistantMessage:
             delta = choice.delta
             if delta.content:
                 text.append(delta.content)
+                if on_text is not None:
+                    on_text(delta.content)
             for part in delta.tool_calls or ():
                 slot = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
                 if part.id:

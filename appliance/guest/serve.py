@@ -1,11 +1,14 @@
-"""The host's way in: ``python3 -m guest.serve deliver`` — one JSON event in, one JSON reply out.
+"""The host's ways in: ``python3 -m guest.serve deliver`` — one JSON event in,
+one JSON reply out — and ``serve``, the warm agent that takes the same events
+on a unix socket and streams (warm.py).
 
-The host runs this over SSH exec as ``claw`` for every message, job and
-heartbeat. There is deliberately no listening socket inside the VM: each
-delivery is a fresh process (so "restart the agent if it dies" is free), the
-SSH channel is already authenticated, and a crash costs one delivery, not the
-agent. A file lock on the state directory makes two deliveries to the same
-claw run one after the other, so their history writes never interleave.
+The host tries the warm agent first (no Python start, no ``openai`` import
+per delivery) and falls back to ``deliver`` over SSH exec as ``claw`` when the
+service is down, so a broken service never costs a reply. A one-shot
+delivery is a fresh process, so a crash costs one delivery, not the agent. A
+file lock on the state directory makes two deliveries to the same claw run
+one after the other, whichever way they came, so their history writes never
+interleave.
 
 stdout carries exactly one JSON object; diagnostics go to stderr. Exit codes:
 0 a reply (also "budget used up" and "model unavailable", which are replies),
@@ -35,9 +38,17 @@ from typing import Any
 
 from .agent import Agent, Event, EventError, Limits
 from .hostapi import HOST_API_URL, PROXY_URL, HttpHostApi
-from .model import DUMMY_KEY, GATEWAY_URL, ChatModel, OpenAIChatModel, script_from_json
+from .model import (
+    DUMMY_KEY,
+    GATEWAY_URL,
+    ChatModel,
+    OpenAIChatModel,
+    TextSink,
+    script_from_json,
+)
 from .templates import DEFAULT_MEMBER, DEFAULT_NAME, seed_workspace
 from .tools import ToolContext, default_toolbox, verified_skills
+from .warm import ServeLimits, WarmAgent, listening_socket
 
 TEST_SCRIPT_ENV = "CLAWDEN_AGENT_TEST_SCRIPT"
 MAX_EVENT_BYTES = 1024 * 1024
@@ -69,21 +80,33 @@ def delivery_lock(state_dir: Path, timeout_s: float) -> Iterator[None]:
         os.close(fd)  # closing drops the lock
 
 
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", type=Path, default=Path("/data/workspace"))
+    parser.add_argument("--state-dir", type=Path, default=Path("/data/home/.clawden/agent"))
+    parser.add_argument("--gateway", default=GATEWAY_URL, help="OpenAI-compatible base URL")
+    parser.add_argument("--host-api", default=HOST_API_URL)
+    parser.add_argument("--proxy", default=PROXY_URL)
+    parser.add_argument("--model", default=None, help="default: the gateway's first model")
+    parser.add_argument("--heartbeat-model", default=None)
+    parser.add_argument("--max-steps", type=int, default=Limits.max_steps)
+    parser.add_argument("--context-chars", type=int, default=Limits.context_chars)
+    parser.add_argument("--lock-timeout", type=float, default=900.0)
+    parser.add_argument("--identity", type=Path, default=Path("/run/clawden/claw.json"))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python3 -m guest.serve")
     sub = parser.add_subparsers(dest="command", required=True)
     deliver = sub.add_parser("deliver", help="read one JSON event on stdin, write one reply")
-    deliver.add_argument("--workspace", type=Path, default=Path("/data/workspace"))
-    deliver.add_argument("--state-dir", type=Path, default=Path("/data/home/.clawden/agent"))
-    deliver.add_argument("--gateway", default=GATEWAY_URL, help="OpenAI-compatible base URL")
-    deliver.add_argument("--host-api", default=HOST_API_URL)
-    deliver.add_argument("--proxy", default=PROXY_URL)
-    deliver.add_argument("--model", default=None, help="default: the gateway's first model")
-    deliver.add_argument("--heartbeat-model", default=None)
-    deliver.add_argument("--max-steps", type=int, default=Limits.max_steps)
-    deliver.add_argument("--context-chars", type=int, default=Limits.context_chars)
-    deliver.add_argument("--lock-timeout", type=float, default=900.0)
-    deliver.add_argument("--identity", type=Path, default=Path("/run/clawden/claw.json"))
+    _common(deliver)
+    serve = sub.add_parser("serve", help="the warm agent: take deliveries on a unix socket")
+    _common(serve)
+    serve.add_argument(
+        "--socket", type=Path, default=None, help="bind this path (default: systemd's socket)"
+    )
+    serve.add_argument("--max-deliveries", type=int, default=ServeLimits.max_deliveries)
+    serve.add_argument("--max-rss-mib", type=int, default=ServeLimits.max_rss_mib)
+    serve.add_argument("--max-connections", type=int, default=ServeLimits.max_connections)
     return parser
 
 
@@ -116,19 +139,25 @@ def _emit(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def deliver(args: argparse.Namespace) -> int:
-    raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
+def parse_event(raw: bytes) -> Event:
+    """The event in ``raw`` (one JSON object); EventError says what is wrong."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError(f"the event is larger than {MAX_EVENT_BYTES} bytes")
     try:
-        if len(raw) > MAX_EVENT_BYTES:
-            raise EventError(f"the event is larger than {MAX_EVENT_BYTES} bytes")
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise EventError("the event is not JSON") from None
-        event = Event.from_json(data)
+        data = json.loads(raw)
+    except ValueError:
+        raise EventError("the event is not JSON") from None
+    return Event.from_json(data)
+
+
+def run_event(
+    args: argparse.Namespace, raw: bytes, model: ChatModel, on_text: TextSink | None = None
+) -> tuple[int, dict[str, Any]]:
+    """One delivery, whichever way it came: (exit code, the final JSON line)."""
+    try:
+        event = parse_event(raw)
     except EventError as exc:
-        _emit({"error": {"type": "bad_event", "message": str(exc)}})
-        return 2
+        return 2, {"error": {"type": "bad_event", "message": str(exc)}}
 
     def clock() -> datetime:
         return datetime.now().astimezone()  # local time: daily notes follow the owner's day
@@ -143,28 +172,58 @@ def deliver(args: argparse.Namespace) -> int:
         with delivery_lock(args.state_dir, args.lock_timeout):
             name, member = _identity(args.identity)
             seed_workspace(args.workspace, name, member, clock(), state_dir=args.state_dir)
-            model, closable = _model(args)
-            try:
-                host = HttpHostApi(args.host_api, args.proxy)
-                context = ToolContext(args.workspace, host, clock)
-                tools = default_toolbox(context)
-                agent = Agent(
-                    args.workspace,
-                    args.state_dir,
-                    model,
-                    tools,
-                    clock,
-                    limits,
-                    skills=lambda: verified_skills(context),
-                )
-                reply = agent.handle(event)
-            finally:
-                if closable is not None:
-                    closable.close()
+            host = HttpHostApi(args.host_api, args.proxy)
+            context = ToolContext(args.workspace, host, clock)
+            agent = Agent(
+                args.workspace,
+                args.state_dir,
+                model,
+                default_toolbox(context),
+                clock,
+                limits,
+                skills=lambda: verified_skills(context),
+            )
+            reply = agent.handle(event, on_text)
     except LockTimeout as exc:
-        _emit({"error": {"type": "busy", "message": str(exc)}})
-        return 3
-    _emit(reply.to_json())
+        return 3, {"error": {"type": "busy", "message": str(exc)}}
+    return 0, reply.to_json()
+
+
+def deliver(args: argparse.Namespace) -> int:
+    raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
+    model, closable = _model(args)
+    try:
+        code, payload = run_event(args, raw, model)
+    finally:
+        if closable is not None:
+            closable.close()
+    _emit(payload)
+    return code
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The warm agent (warm.py): one model client for every delivery."""
+    listener = listening_socket(args.socket)
+    # Imported and connected once, before the first delivery arrives.
+    _, closable = _model(args)
+
+    def handle(raw: bytes, on_text: TextSink) -> tuple[int, dict[str, Any]]:
+        # Every delivery starts as a one-shot one would: the model chosen
+        # afresh (the test hook's scripted model from its first step).
+        fresh = closable.for_delivery() if closable is not None else _model(args)[0]
+        try:
+            return run_event(args, raw, fresh, on_text)
+        except Exception as exc:  # noqa: BLE001 - the host must always get one JSON line
+            logging.getLogger(__name__).exception("delivery failed")
+            return 1, {"error": {"type": "internal", "message": type(exc).__name__}}
+
+    limits = ServeLimits(args.max_deliveries, args.max_rss_mib, args.max_connections)
+    try:
+        why = WarmAgent(listener, handle, limits).serve_forever()
+    finally:
+        if closable is not None:
+            closable.close()
+    logging.getLogger(__name__).warning("warm agent restarting: %s", why)
     return 0
 
 
@@ -173,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s"
     )
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
     try:
         return deliver(args)
     except Exception as exc:  # noqa: BLE001 - the host must always get one JSON line

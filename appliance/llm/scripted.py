@@ -46,6 +46,9 @@ class Step:
     error: Mapping[str, Any] | None = None  # {"status": 500, "message": ..., ...}
     repeat: bool = False  # answer every following request too (demos, benchmarks)
     delay_s: float = 0.0  # wait this long before answering (a slow model, overlapping calls)
+    # Streamed: wait this long before each piece of text after the first (a
+    # model that writes as it thinks, so a client sees the pieces apart).
+    piece_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,12 +101,13 @@ def _step(number: int, raw: Any) -> Step:
             f"scenario step {number} has no reply content, tool_calls or error",
             "give the step a reply or an error",
         )
-    delay = raw.get("delay_s", 0)
-    if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay <= 60:
-        raise ScenarioError(
-            f"scenario step {number}: delay_s must be a number of seconds from 0 to 60",
-            "see docs/llm.md",
-        )
+    delay, piece_delay = raw.get("delay_s", 0), raw.get("piece_delay_s", 0)
+    for key, value in (("delay_s", delay), ("piece_delay_s", piece_delay)):
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 60:
+            raise ScenarioError(
+                f"scenario step {number}: {key} must be a number of seconds from 0 to 60",
+                "see docs/llm.md",
+            )
     return Step(
         name=str(raw.get("name") or f"step {number}"),
         match=match,
@@ -113,6 +117,7 @@ def _step(number: int, raw: Any) -> Step:
         error=raw.get("error"),
         repeat=bool(raw.get("repeat", False)),
         delay_s=float(delay),
+        piece_delay_s=float(piece_delay),
     )
 
 
@@ -220,7 +225,8 @@ class _Script:
         head = {"id": f"chatcmpl-scripted-{call_id}", "created": int(time.time()), "model": model}
         if request.get("stream"):
             want_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-            return 200, _sse(head, step.content, calls, finish, usage if want_usage else None)
+            usage_chunk = usage if want_usage else None
+            return 200, _sse(head, step.content, calls, finish, usage_chunk, step.piece_delay_s)
         message: dict[str, Any] = {"role": "assistant", "content": step.content}
         if calls:
             message["tool_calls"] = calls
@@ -234,6 +240,7 @@ def _sse(
     calls: list[dict[str, Any]],
     finish: str,
     usage: dict[str, int] | None,
+    piece_delay_s: float = 0.0,
 ) -> Iterator[bytes]:
     def chunk(delta: dict[str, Any], reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
@@ -241,7 +248,9 @@ def _sse(
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    for piece in re.findall(r"\s*\S+", content or ""):  # word by word, like a model
+    for i, piece in enumerate(re.findall(r"\s*\S+", content or "")):  # word by word
+        if i and piece_delay_s:
+            time.sleep(piece_delay_s)  # the handler's thread: only this response waits
         yield chunk({"content": piece})
     for i, call in enumerate(calls):
         fn = call["function"]

@@ -40,4 +40,7 @@ def test_sshd_allows_only_the_requested_loopback_forwards(clawden_env: Env) -> N
     assert checks["root_mount"].split(",")[0] == "ro"
     # The only listener is the forward the host asked for, on loopback.
     assert checks["listening_sockets"].split() == ["tcp", "127.0.0.1:7701"]
+    # The warm agent's socket: the host's login may connect, the agent may not.
+    assert checks["agent_socket"] == "root:clawctl 660 socket"
+    assert checks["agent_socket_as_agent"] == "Permission denied"
     assert checks["after_reconnect"] == "ok"

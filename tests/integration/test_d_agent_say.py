@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import threading
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from appliance.controller import rpc
+from bench.say_roundtrip import WARM_AGENT_PIDS
 from tests.integration.conftest import Env, scripted_llm
 
 pytestmark = pytest.mark.integration
@@ -148,3 +153,118 @@ def test_say_goes_through_the_gateway_and_the_key_never_enters_the_guest(
     assert json.dumps(key) not in (clawden_env.home / "claws" / "alice" / "console.log").read_text(
         errors="replace"
     )
+
+
+# ---- the warm agent ------------------------------------------------------------
+# The agent's service in the VM (clawden-agent.service), reached over the
+# claw's real channel. The test reads the controller's `say` op directly, so
+# it sees each piece of the reply as the controller relays it.
+
+
+def _warm_pids(env: Env) -> list[int]:
+    out = env.run("claw", "exec", "alice", "--", *WARM_AGENT_PIDS).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def _wait_for_warm_agent(env: Env, other_than: int | None = None) -> int:
+    """The pid of the (one) warm agent, once it is running; a bounded wait."""
+    deadline = time.monotonic() + 180
+    pids: list[int] = []
+    while time.monotonic() < deadline:
+        pids = _warm_pids(env)
+        if len(pids) == 1 and pids[0] != other_than:
+            return pids[0]
+        time.sleep(2)
+    raise AssertionError(f"no warm agent (other than {other_than}) within 180 s: {pids}")
+
+
+def _say(env: Env, text: str) -> tuple[list[str], dict[str, Any]]:
+    """The pieces and the final reply of one `say`, as the CLI receives them."""
+    request = {"op": "say", "claw": "alice", "text": text, "timeout": 600, "wait": 60}
+    pieces: list[str] = []
+    final: dict[str, Any] = {}
+    for line in rpc.stream(env.home / "run" / "controller.sock", request, timeout=700):
+        if set(line) == {"delta"}:
+            pieces.append(line["delta"])
+        else:
+            final = line
+    return pieces, final
+
+
+def test_the_warm_agent_streams_and_survives_being_killed(
+    clawden_env: Env, two_claws: tuple[str, str]
+) -> None:
+    answer = "The warm agent answers you piece by piece."
+    scenario = {
+        "steps": [
+            {"name": "stream", "repeat": True, "piece_delay_s": 0.3, "reply": {"content": answer}}
+        ]
+    }
+    first = _wait_for_warm_agent(clawden_env)
+    with scripted_llm(clawden_env, scenario):
+        pieces, final = _say(clawden_env, "stream to me")
+        # More than one piece reached the host, and together they are the reply.
+        assert len(pieces) > 1, pieces
+        assert "".join(pieces) == answer
+        assert (final["status"], final["text"]) == ("reply", answer)
+        assert _warm_pids(clawden_env) == [first]  # the warm agent answered, and lives on
+
+        # Killed (as the agent user can do to its own service): systemd
+        # starts a new one, and the next delivery works.
+        _kill(clawden_env, first)
+        second = _wait_for_warm_agent(clawden_env, other_than=first)
+        pieces, final = _say(clawden_env, "are you back?")
+        assert (final["status"], final["text"]) == ("reply", answer)
+        assert len(pieces) > 1, pieces  # from the new warm agent, not a one-shot one
+        assert _warm_pids(clawden_env) == [second]
+
+
+def test_a_crash_mid_delivery_is_an_error_reply_and_loses_nothing(
+    clawden_env: Env, two_claws: tuple[str, str]
+) -> None:
+    scenario = {
+        "steps": [
+            {"name": "slow", "delay_s": 20, "reply": {"content": "never seen"}},
+            {"name": "after", "reply": {"content": "I am here again."}},
+        ]
+    }
+    history = "/data/home/.clawden/agent/conversations/main.jsonl"
+    pid = _wait_for_warm_agent(clawden_env)
+    turns_before = _lines(clawden_env, history)
+    with scripted_llm(clawden_env, scenario) as upstream:
+        outcome: list[tuple[list[str], dict[str, Any]]] = []
+        talk = threading.Thread(target=lambda: outcome.append(_say(clawden_env, "slow one")))
+        talk.start()
+        deadline = time.monotonic() + 300
+        while not upstream.requests:  # the agent is waiting for its model
+            assert time.monotonic() < deadline, "the model was never called"
+            time.sleep(0.5)
+        _kill(clawden_env, pid)
+        talk.join(600)
+        [(_, final)] = outcome
+        assert final["status"] == "error", final
+        assert "stopped in the middle of this message" in final["text"]
+        # The next message is answered (by a new warm agent).
+        _wait_for_warm_agent(clawden_env, other_than=pid)
+        assert _say(clawden_env, "hello again")[1]["text"] == "I am here again."
+    # Nothing stored was lost: the conversation kept every earlier turn (and
+    # the message that was cut off), and the host has both sides.
+    turns_after = _lines(clawden_env, history)
+    assert turns_after[: len(turns_before)] == turns_before
+    assert any("slow one" in t for t in turns_after[len(turns_before) :])
+    with sqlite3.connect(clawden_env.home / "clawden.db") as db:
+        rows = db.execute(
+            "SELECT direction, text FROM messages WHERE claw = 'alice' ORDER BY id"
+        ).fetchall()
+    db.close()
+    assert rows[-4:-2] == [("in", "slow one"), ("out", final["text"])]
+    assert rows[-2:] == [("in", "hello again"), ("out", "I am here again.")]
+
+
+def _kill(env: Env, pid: int) -> None:
+    # The shell's own kill: the image has no procps.
+    env.run("claw", "exec", "alice", "--", "sh", "-c", 'kill -KILL "$1"', "kill", str(pid))
+
+
+def _lines(env: Env, path: str) -> list[str]:
+    return env.run("claw", "exec", "alice", "--", "cat", path).stdout.splitlines()

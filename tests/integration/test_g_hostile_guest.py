@@ -7,7 +7,8 @@ that the attack changed nothing the host relies on:
 * files a login would read (``.bashrc``, ``.profile``, ``~/.ssh/rc``, ...)
   written by the agent run before no host command — not ``claw exec`` (even
   ``bash -c``), not a delivery, not the heartbeat read;
-* ``claw exec`` runs as ``claw`` with a fixed, clean environment;
+* ``claw exec`` runs as ``claw`` with a fixed, clean environment, and the
+  warm agent (a service, not started through ``as-claw``) with the same;
 * the agent cannot kill, stop, ``prlimit`` or trace the host's session
   (user ``clawctl``): after ``kill -9`` of everything it may signal, the
   channel still works;
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.controller import rpc
+from bench.say_roundtrip import WARM_AGENT_PIDS
 from tests.integration.conftest import Env, scripted_llm
 
 pytestmark = [pytest.mark.integration, pytest.mark.hostile]
@@ -101,6 +103,36 @@ def test_exec_runs_as_claw_with_a_clean_environment(
     code, _, _ = _exec(clawden_env, "sudo", "-n", "true", check=False)
     assert code != 0
     assert _marks(clawden_env) == ""
+
+
+def test_the_warm_agent_runs_with_no_more_than_exec_gets(
+    clawden_env: Env, two_claws: tuple[str, str]
+) -> None:
+    # The service systemd keeps running (clawden-agent.service) is not
+    # started through as-claw: it must get the same limits all the same.
+    deadline = time.monotonic() + 180
+    while not (pids := _exec(clawden_env, *WARM_AGENT_PIDS)[1].split()):
+        assert time.monotonic() < deadline, "no warm agent within 180 s"
+        time.sleep(2)
+    [pid] = pids
+    script = 'grep -E "^(Uid|Gid|Groups|NoNewPrivs|CapBnd|CapEff|CapPrm|CapAmb|Seccomp):" '
+    script += '"/proc/$1/status"; tr "\\0" "\\n" < "/proc/$1/environ"'
+    out = _exec(clawden_env, "sh", "-c", script, "status", pid)[1]
+    fields = dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
+    assert fields["Uid"].split() == ["1000"] * 4 and fields["Gid"].split() == ["1000"] * 4
+    assert fields["Groups"].split() == ["1000"]
+    assert {k: fields[k] for k in ("NoNewPrivs", "CapBnd", "CapEff", "CapPrm", "CapAmb")} == {
+        "NoNewPrivs": "1",
+        "CapBnd": "0000000000000000",
+        "CapEff": "0000000000000000",
+        "CapPrm": "0000000000000000",
+        "CapAmb": "0000000000000000",
+    }
+    assert fields["Seccomp"] == "2"  # the control channel's filters, in filter mode
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and ":\t" not in line)
+    assert env["HOME"] == HOME and env["USER"] == "claw"
+    assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    assert not [k for k in env if k.startswith("SSH_")], env
 
 
 def test_dotfiles_change_nothing_the_host_runs(

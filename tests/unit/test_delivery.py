@@ -11,12 +11,15 @@ import hashlib
 import io
 import itertools
 import os
+import socket
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -28,7 +31,9 @@ from appliance.controller import rpc
 from appliance.controller.context import Context
 from appliance.controller.daemon import Controller
 from appliance.controller.delivery import (
+    CRASHED_TEXT,
     MAX_REPLY_BYTES,
+    MAX_STREAM_BYTES,
     AgentError,
     ChannelDelivery,
     converse,
@@ -43,10 +48,14 @@ from appliance.core.messages import MAX_TEXT_BYTES
 from appliance.core.model import Claw, ClawState, domain_name, legacy_domain_name
 from appliance.core.ports import AcceleratorChoice, DomainState
 from appliance.core.schedule import CreatedBy, Job, JobKind
+from appliance.guest.warm import ServeLimits
 from appliance.hypervisor.fake import FakeHypervisor
 from appliance.store import Store, open_db
 from appliance.store.messages import MessageRepository
 from tests.support.local_sshd import LocalSshd, local_sshd, sshd_available
+from tests.unit.test_guest_warm import _pieces, serving
+
+COUNTERS = ("model_calls", "tool_calls", "prompt_tokens", "completion_tokens", "trimmed")
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs openssh-server and socat")
 
@@ -247,6 +256,176 @@ def test_a_failed_delivery_leaves_the_message_undelivered(
     assert inbound.direction == "in" and not inbound.delivered
 
 
+# ---- the warm agent ---------------------------------------------------------------
+# The "guest" is this machine: the real WarmAgent (or a process that dies the
+# way it could) listens on a socket here, and socat reaches it over the real
+# sshd exactly as the host's login reaches the guest's.
+DIES_MID_DELIVERY = r"""
+import json, os, socket, sys
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen(1)
+print("listening", flush=True)
+conn, _ = listener.accept()
+conn.sendall(json.dumps({"hello": "clawden-agent", "pid": os.getpid()}).encode() + b"\n")
+conn.recv(65536)
+conn.sendall(b'{"delta": "Let me "}\n')
+os._exit(1)  # as a crash or the OOM killer would: no final line
+"""
+
+
+def _warm(path: Path) -> tuple[str, ...]:
+    return ("socat", "-t", "60", "-", f"UNIX-CONNECT:{path}")
+
+
+def _one_shot_forbidden() -> list[str]:
+    # A fallback would run this and fail loudly: proof the warm path answered.
+    return ["sh", "-c", "echo one-shot ran >&2; exit 9"]
+
+
+def _warm_only(transport: paramiko.Transport, path: Path, **kwargs: Any) -> dict[str, Any]:
+    """A heartbeat delivered to the warm agent at ``path`` (no fallback)."""
+    return deliver_event(
+        transport,
+        {"type": "heartbeat"},
+        30,
+        command=_one_shot_forbidden(),
+        warm=_warm(path),
+        claw="alice",
+        **kwargs,
+    )
+
+
+def test_the_warm_agent_streams_its_reply_in_pieces(
+    transport: paramiko.Transport, tmp_path: Path
+) -> None:
+    path = tmp_path / "warm.sock"
+    got: list[str] = []
+    event = {"type": "message", "text": "hi", "channel": "cli"}
+    with serving(path, _pieces):
+        reply = deliver_event(
+            transport,
+            event,
+            30,
+            command=_one_shot_forbidden(),
+            warm=_warm(path),
+            on_text=got.append,
+            claw="alice",
+        )
+    assert got == ["you ", "said ", "hi"]
+    assert reply == {"text": "you said hi", "status": "reply", **dict.fromkeys(COUNTERS, 0)}
+
+
+def test_without_a_warm_agent_the_event_is_delivered_one_shot(
+    transport: paramiko.Transport, agent: Path, tmp_path: Path
+) -> None:
+    event = {"type": "message", "text": "hi", "channel": "cli", "sender": "operator"}
+    got: list[str] = []
+    reply = deliver_event(
+        transport,
+        event,
+        30,
+        command=_cmd(agent, "echo"),
+        warm=_warm(tmp_path / "none.sock"),
+        on_text=got.append,
+        claw="alice",
+    )
+    assert reply["text"] == "you said: hi via cli from operator"
+    assert got == []  # the one-shot agent does not stream
+
+
+def test_a_warm_agent_that_dies_mid_delivery_gives_the_owner_an_error_reply(
+    transport: paramiko.Transport, tmp_path: Path, messages: MessageRepository
+) -> None:
+    path = tmp_path / "dies.sock"
+    script = tmp_path / "dies.py"
+    script.write_text(DIES_MID_DELIVERY)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "listening\n"
+        got: list[str] = []
+        talk = converse(
+            messages,
+            transport,
+            "alice",
+            "hello",
+            command=_one_shot_forbidden(),
+            warm=_warm(path),
+            on_text=got.append,
+        )
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert got == ["Let me "]
+    assert talk.reply["status"] == "error" and talk.reply["text"] == CRASHED_TEXT
+    inbound, outbound = messages.list("alice")
+    assert (inbound.text, inbound.delivered) == ("hello", True)
+    assert (outbound.direction, outbound.text) == ("out", CRASHED_TEXT)
+
+
+def test_a_busy_warm_agent_is_unavailable_not_bypassed(
+    transport: paramiko.Transport, tmp_path: Path
+) -> None:
+    path = tmp_path / "busy.sock"
+    with serving(path, _pieces, ServeLimits(max_connections=0)):
+        with pytest.raises(Unavailable, match="busy with another delivery"):
+            _warm_only(transport, path)
+
+
+def test_a_warm_agent_flooding_pieces_is_cut_off(
+    transport: paramiko.Transport, tmp_path: Path
+) -> None:
+    def flood(raw: bytes, on_text: Callable[[str], None]) -> tuple[int, dict[str, Any]]:
+        for _ in range(MAX_STREAM_BYTES // 1000 + 10):
+            on_text("x" * 1000)
+        return 0, {"text": "done", "status": "reply"}
+
+    got: list[str] = []
+    with serving(tmp_path / "flood.sock", flood):
+        with pytest.raises(AgentError, match=f"more than {MAX_STREAM_BYTES} bytes"):
+            _warm_only(transport, tmp_path / "flood.sock", on_text=got.append)
+    assert 0 < len(got) * 1000 <= MAX_STREAM_BYTES
+
+
+@pytest.mark.parametrize(
+    ("lines", "why"),
+    [
+        (b'{"hello": "clawden-agent"}\nnot json\n', "not UTF-8 JSON"),
+        (b'{"hello": "clawden-agent"}\n{"delta": 5}\n', "not a string"),
+        (b'{"hello": "clawden-agent"}\n{"text": "a", "status": "reply"}\n{}\n', "after the"),
+        (b'{"text": "a", "status": "reply"}\n', "no hello first"),
+    ],
+)
+def test_a_warm_agent_breaking_the_protocol_is_refused(
+    transport: paramiko.Transport, tmp_path: Path, lines: bytes, why: str
+) -> None:
+    path = tmp_path / "bad.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(lines)
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(AgentError, match=why):
+            _warm_only(transport, path)
+    finally:
+        thread.join(10)
+        listener.close()
+
+
 def test_a_reply_too_long_for_a_message_is_cut_and_marked(
     transport: paramiko.Transport, agent: Path, messages: MessageRepository
 ) -> None:
@@ -372,6 +551,29 @@ def test_say_cli_prints_the_escaped_reply(
     captured = capsys.readouterr()
     assert captured.out == "\\x1b[2Jgotcha\nline two\n"
     assert "status budget" in captured.err
+
+
+def test_say_cli_prints_the_pieces_as_they_stream_escaped(
+    controller: _HarnessController,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from appliance.cli import main
+
+    def hostile(raw: bytes, on_text: Callable[[str], None]) -> tuple[int, dict[str, Any]]:
+        for piece in ("\x1b[2J", "got", "cha"):
+            on_text(piece)
+        return 0, {"text": "\x1b[2Jgotcha", "status": "reply"}
+
+    monkeypatch.setenv("CLAWDEN_HOME", str(tmp_path / "home"))
+    with serving(tmp_path / "warm.sock", hostile):
+        controller._warm_command = _warm(tmp_path / "warm.sock")
+        assert main(["claw", "say", "alice", "hello", "--timeout", "30"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "\\x1b[2Jgotcha\n"  # the pieces, escaped; not the reply again
+    [_, out] = MessageRepository(controller._ctx.store.db).list("alice")
+    assert out.text == "\x1b[2Jgotcha"  # stored as data, escaped where shown
 
 
 def test_say_refuses_unknown_claws_and_empty_text(

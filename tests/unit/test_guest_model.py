@@ -96,3 +96,30 @@ def test_openai_adapter_streams_tool_calls_and_text(
         assert "daily budget of 200000 tokens" in str(caught.value)
     finally:
         model.close()
+
+
+def test_each_delivery_of_a_long_lived_client_picks_its_model_afresh() -> None:
+    # The warm agent keeps one client; the gateway's models can change under
+    # it (llm.toml edited, an allowlist changed). A model listed for one
+    # delivery must not be asked for in the next.
+    first = {"models": ["old"], "steps": [{"name": "a", "reply": {"content": "from old"}}]}
+    second = {"models": ["new"], "steps": [{"name": "b", "reply": {"content": "from new"}}]}
+    with ScriptedModelServer(first, api_key=KEY) as old:
+        warm = OpenAIChatModel(old.base_url, KEY, max_retries=0)
+        try:
+            one = warm.for_delivery()
+            assert one.complete([{"role": "user", "content": "hi"}], [], None).content == (
+                "from old"
+            )
+            assert one.default_model == "old" and warm.default_model is None
+            with ScriptedModelServer(second, api_key=KEY) as new:
+                # The same client (its connection pool), now pointed at a
+                # gateway that lists another model.
+                warm._client = warm._client.with_options(base_url=new.base_url)
+                two = warm.for_delivery()
+                answer = two.complete([{"role": "user", "content": "hi"}], [], None)
+                assert answer.content == "from new"
+                [chat] = [r for r in new.requests if r["path"] == "/v1/chat/completions"]
+                assert chat["body"]["model"] == "new"
+        finally:
+            warm.close()
