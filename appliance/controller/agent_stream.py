@@ -31,7 +31,6 @@ class AgentStream:
         self.hello = False
         self.final: Any = None
         self.has_final = False
-        self.pieces = 0
         self._size = 0
         self._buf = bytearray()
 
@@ -68,7 +67,6 @@ class AgentStream:
         if isinstance(data, dict) and set(data) == {"delta"}:
             if not isinstance(data["delta"], str):
                 raise StreamError("a piece whose text is not a string")
-            self.pieces += 1
             if self.on_text is not None:
                 self.on_text(data["delta"])
             return

@@ -253,7 +253,8 @@ def _deliver_warm(
             "clawden-agent` shows its log",
         ) from None
     if not stream.hello:
-        _log_stderr(claw, f"warm agent not reached (exit {code}), delivering one-shot", err, "info")
+        what = f"warm agent not reached (exit {code}), delivering one-shot"
+        _log_stderr(claw, what, err, logging.INFO)
         return None
     if not stream.has_final:
         # It read the event and died (killed, out of memory, a bug): the
@@ -274,13 +275,13 @@ def _timed_out(claw: str, timeout: float) -> Unavailable:
     )
 
 
-def _log_stderr(claw: str, what: str, err: bytes, level: str = "warning") -> None:
-    if not err and level == "info":
+def _log_stderr(claw: str, what: str, err: bytes, level: int = logging.WARNING) -> None:
+    if not err and level == logging.INFO:
         log.info("claw %s: %s", claw, what)
         return
     # Guest text: escaped, newlines too, so it cannot forge log lines.
     text = printable(err.decode("utf-8", "replace")).replace("\n", "\\n")
-    getattr(log, level)("claw %s: %s: %s", claw, what, text)
+    log.log(level, "claw %s: %s: %s", claw, what, text)
 
 
 def fit_message(text: str) -> str:

@@ -55,7 +55,7 @@ def qemu_line(pid: int, guest_mib: int) -> str | None:
         mem = None
     if mem is None:
         rss = rss_kib(pid)
-        return None if rss is None else f"pid {pid}, RSS {rss / 1024:.0f} MiB"
+        return None if rss is None else f"pid {pid}, RSS {_mib(rss)}"
     tb = (
         f" (TCG translation cache {_mib(mem.tb_cache_resident_kib)})"
         if mem.tb_cache_mapped_kib

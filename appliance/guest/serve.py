@@ -48,10 +48,9 @@ from .model import (
 )
 from .templates import DEFAULT_MEMBER, DEFAULT_NAME, seed_workspace
 from .tools import ToolContext, default_toolbox, verified_skills
-from .warm import ServeLimits, WarmAgent, listening_socket
+from .warm import MAX_EVENT_BYTES, ServeLimits, WarmAgent, listening_socket
 
 TEST_SCRIPT_ENV = "CLAWDEN_AGENT_TEST_SCRIPT"
-MAX_EVENT_BYTES = 1024 * 1024
 
 
 class LockTimeout(Exception):

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 HELLO = "clawden-agent"
 LISTEN_FD = 3  # systemd's first passed socket (sd_listen_fds)
-MAX_EVENT_BYTES = 1024 * 1024
+MAX_EVENT_BYTES = 1024 * 1024  # per event, whichever way it comes (serve.py too)
 EVENT_WAIT_S = 60.0  # the host writes the event right after connecting
 SEND_WAIT_S = 300.0  # a host that stops reading is given up on, not waited for
 ACCEPT_POLL_S = 1.0  # how often the accept loop looks whether to retire
