@@ -149,15 +149,19 @@ def test_lockdown_runs_before_any_claw_process_can_exist() -> None:
     assert LOCKDOWN.name in before("clawden-control.service", set())
 
 
-def test_customize_enables_lockdown() -> None:
+def _enabled_units() -> list[str]:
+    """The words of customize.sh's `systemctl enable` lines (continuations joined)."""
     script = (IMAGES / "customize.sh").read_text().replace("\\\n", " ")
-    enabled = [
+    return [
         word
         for line in script.splitlines()
         if re.match(r"\s*in_root systemctl enable ", line)
         for word in line.split()
-        if word.endswith(".service")
     ]
+
+
+def test_customize_enables_lockdown() -> None:
+    enabled = [word for word in _enabled_units() if word.endswith(".service")]
     assert "clawden-lockdown.service" in enabled
     assert {"clawden-seed.service", "clawden-control.service"} <= set(enabled)
 
@@ -178,14 +182,7 @@ def test_reclaim_timer_hands_unused_page_cache_back() -> None:
     timer = read_unit(UNITS / "clawden-reclaim.timer")
     assert timer["Timer"]["OnUnitActiveSec"] and timer["Timer"]["OnBootSec"]
     assert timer["Install"]["WantedBy"] == ["timers.target"]
-    script_text = (IMAGES / "customize.sh").read_text().replace("\\\n", " ")
-    enabled = [
-        word
-        for line in script_text.splitlines()
-        if re.match(r"\s*in_root systemctl enable ", line)
-        for word in line.split()
-    ]
-    assert "clawden-reclaim.timer" in enabled
+    assert "clawden-reclaim.timer" in _enabled_units()
 
 
 def test_systemd_analyze_accepts_the_lockdown_unit(tmp_path: Path) -> None:
