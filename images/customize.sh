@@ -108,6 +108,28 @@ in_root systemctl mask e2scrub_all.timer e2scrub_reap.service fstrim.timer \
     dpkg-db-backup.timer systemd-machine-id-commit.service \
     getty@tty1.service getty-static.service >/dev/null
 in_root systemctl set-default multi-user.target >/dev/null
+# Boot time: every unit is a fork+exec that costs tenths of a second under
+# TCG, and these do nothing for a claw. Kernel file systems no claw process
+# uses (debugfs, tracefs, configfs, fusectl, hugetlbfs, binfmt_misc: fewer
+# kernel interfaces exposed, too); repart and pstore, which only pull in
+# modprobe@dm_mod/loop/efi_pstore; and state that would land on tmpfs and be
+# lost anyway (journal flush into a volatile journal, random seed and utmp on
+# /var/lib/systemd and /var/log tmpfs).
+in_root systemctl mask sys-kernel-debug.mount sys-kernel-tracing.mount sys-kernel-config.mount \
+    sys-fs-fuse-connections.mount dev-hugepages.mount proc-sys-fs-binfmt_misc.automount \
+    proc-sys-fs-binfmt_misc.mount systemd-binfmt.service systemd-repart.service \
+    systemd-pstore.service systemd-journal-flush.service systemd-random-seed.service \
+    systemd-update-utmp.service systemd-update-utmp-runlevel.service >/dev/null
+# Generators run before systemd queues a single job: keep fstab (the mounts)
+# and getty (the serial console); the rest look for things a claw never has
+# (LUKS, verity, GPT auto-partitions, hibernation images, SysV scripts with no
+# native unit, rc.local, /system-update) or read unit overrides from the
+# kernel command line (systemd.mask=, systemd.run=, debug shell).
+install -d -m 0755 "$root/etc/systemd/system-generators"
+for gen in cryptsetup debug gpt-auto hibernate-resume integritysetup veritysetup \
+    rc-local run system-update sysv; do
+    ln -sf /dev/null "$root/etc/systemd/system-generators/systemd-$gen-generator"
+done
 # An empty machine-id on a read-only root makes systemd generate a transient
 # one at every boot: no two claws (or two boots) share an identity.
 : > "$root/etc/machine-id"

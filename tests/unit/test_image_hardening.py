@@ -31,6 +31,7 @@ UNITS = OVERLAY / "etc/systemd/system"
 LOCKDOWN = UNITS / "clawden-lockdown.service"
 CONTROL = UNITS / "clawden-control.service"
 BLACKLIST = OVERLAY / "etc/modprobe.d/clawden-blacklist.conf"
+UNUSED_HARDWARE = OVERLAY / "etc/modprobe.d/clawden-unused-hardware.conf"
 INITRAMFS_MODULES = OVERLAY / "usr/share/initramfs-tools/modules.d/clawden"
 
 # Loaded by udev for the VM's virtual hardware; lockdown loads them explicitly.
@@ -252,6 +253,24 @@ def test_nothing_the_guest_needs_is_blacklisted() -> None:
     assert {"virtio_pci", "virtio_blk", "ext4"} <= initrd
     needed = initrd | UDEV_MODULES | {"virtio_net", "ipv6", "unix", "af_packet"}
     assert not needed & blacklisted
+    assert not needed & _unused_hardware()
+
+
+def _unused_hardware() -> set[str]:
+    names: set[str] = set()
+    for line in UNUSED_HARDWARE.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"blacklist ([A-Za-z0-9_]+)", line)
+        assert match, f"unexpected line in {UNUSED_HARDWARE.name}: {line!r}"
+        names.add(match.group(1))
+    return names
+
+
+def test_hardware_a_claw_never_uses_is_not_autoloaded() -> None:
+    # q35's ICH9 AHCI and SMBus probing cost seconds of every boot under TCG;
+    # kvm inside the guest would hand the agent /dev/kvm.
+    assert {"ahci", "i2c_i801", "lpc_ich", "iTCO_wdt", "psmouse", "kvm"} <= _unused_hardware()
 
 
 # ---- the claw's processes: clawden-control.service -----------------------------
