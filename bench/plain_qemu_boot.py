@@ -36,11 +36,14 @@ from appliance.channel.transport import (
     run_command,
 )
 from appliance.config import Settings
+from appliance.controller.guestfiles import KERNEL_CMDLINE
 from appliance.core.errors import Unavailable
 from appliance.image.manifest import GoldenImage, latest_image, load_image
 from provisioning import disks, keys
 
-CMDLINE = "root=/dev/vda ro console=ttyS0 panic=-1 net.ifnames=0"
+# The claw's own command line: the baseline must print as little to the
+# emulated serial port as a claw does, or the ratio measures console output.
+CMDLINE = KERNEL_CMDLINE
 CHANNEL = "org.clawden.control"
 
 

@@ -38,7 +38,12 @@ from provisioning.keys import fingerprint_sha256, mint_ed25519
 
 GUEST_HOST_KEY = "guest_host"
 HOST_CLIENT_KEY = "host_client"
-KERNEL_CMDLINE = "root=/dev/vda ro console=ttyS0 panic=-1 net.ifnames=0"
+# loglevel=6 and systemd.show_status=auto: under TCG every console byte is a
+# trapped write to the emulated UART; the kernel banner, warnings, errors and
+# failed units still reach the console (docs/image.md, boot sequence).
+KERNEL_CMDLINE = (
+    "root=/dev/vda ro console=ttyS0 panic=-1 net.ifnames=0 loglevel=6 systemd.show_status=auto"
+)
 
 
 @dataclass(frozen=True)

@@ -408,7 +408,10 @@ def _build_in(
         "build_format": mf.BUILD_FORMAT,
         "mirror": mirror,
         "kernel_release": release,
-        "kernel_cmdline": "root=/dev/vda ro console=ttyS0 panic=-1 net.ifnames=0",
+        "kernel_cmdline": (
+            "root=/dev/vda ro console=ttyS0 panic=-1 net.ifnames=0"
+            " loglevel=6 systemd.show_status=auto"
+        ),
         "root_fs_bytes": size,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "build_seconds": round(time.monotonic() - started, 1),

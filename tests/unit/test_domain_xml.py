@@ -44,7 +44,10 @@ def claw_spec(accel: Accelerator = Accelerator.TCG) -> DomainSpec:
         boot=DirectKernelBoot(
             kernel=IMAGE / "vmlinuz",
             initrd=IMAGE / "initrd.img",
-            cmdline="root=/dev/vda ro console=ttyS0 panic=-1 net.ifnames=0",
+            cmdline=(
+                "root=/dev/vda ro console=ttyS0 panic=-1 net.ifnames=0"
+                " loglevel=6 systemd.show_status=auto"
+            ),
         ),
         disks=(
             Disk(CLAW / "root.qcow2", "vda", DiskFormat.QCOW2, serial="clawroot"),
