@@ -60,6 +60,13 @@ class ChannelStatus:
 
 
 EventSink = Callable[[str, str, dict[str, object]], None]  # (action, claw, details)
+ClawHook = Callable[[str], None]
+
+
+def _no_hook(claw: str) -> None:
+    pass
+
+
 Connector = Callable[[ChannelTarget, float], paramiko.Transport]
 
 
@@ -73,12 +80,15 @@ class ClawConnection:
         registry: ServiceRegistry,
         on_event: EventSink,
         connect: Connector = open_transport,
+        on_ready: ClawHook = _no_hook,
     ) -> None:
         self.claw = claw
         self._target_factory = target_factory
         self._registry = registry
         self._on_event = on_event
         self._connect = connect
+        self._on_ready = on_ready
+        self._ever_ready = False
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -183,6 +193,9 @@ class ClawConnection:
             backoff = BACKOFF_FIRST
             self._set(ChannelState.READY, transport, None)
             log.info("channel to %s ready", self.claw)
+            if not self._ever_ready:
+                self._ever_ready = True
+                self._on_ready(self.claw)
             while transport.is_active() and not self._stop.wait(0.5):
                 pass
             disconnect(transport)
@@ -210,28 +223,40 @@ class ChannelManager:
         target_for: Callable[[str], ChannelTarget],
         on_event: EventSink,
         connect: Connector = open_transport,
+        on_started: ClawHook = _no_hook,
+        on_ready: ClawHook = _no_hook,
     ) -> None:
+        """``on_started`` runs when a claw's connection is made (the claw was
+        found running), before it connects; ``on_ready`` when that connection
+        is first ready. Both on the caller's or the channel's thread."""
         self._registry = registry
         self._target_for = target_for
         self._on_event = on_event
         self._connect = connect
+        self._on_started = on_started
+        self._on_ready = on_ready
         self._lock = threading.Lock()
         self._conns: dict[str, ClawConnection] = {}
 
     def ensure(self, claw: str) -> ClawConnection:
         with self._lock:
             conn = self._conns.get(claw)
-            if conn is None:
-                conn = ClawConnection(
-                    claw,
-                    lambda: self._target_for(claw),
-                    self._registry,
-                    self._on_event,
-                    self._connect,
-                )
-                self._conns[claw] = conn
-                conn.start()
-            return conn
+            if conn is not None:
+                return conn
+            conn = ClawConnection(
+                claw,
+                lambda: self._target_for(claw),
+                self._registry,
+                self._on_event,
+                self._connect,
+                self._on_ready,
+            )
+            self._conns[claw] = conn
+        # Outside the lock (the hook may call libvirt), before the first
+        # connect, so it runs before ``on_ready`` can.
+        self._on_started(claw)
+        conn.start()
+        return conn
 
     def drop(self, claw: str) -> None:
         with self._lock:

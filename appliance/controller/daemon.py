@@ -19,6 +19,7 @@ from appliance.channel.exec import Transport
 from appliance.channel.forwarding import ServiceRegistry
 from appliance.channel.manager import ChannelManager, ClawConnection
 from appliance.channel.transport import AS_AGENT, ChannelTarget, agent_command_line, run_command
+from appliance.controller.boot_burst import BootBurst
 from appliance.controller.context import Context
 from appliance.controller.delivery import (
     AGENT_COMMAND,
@@ -77,7 +78,14 @@ class Controller:
         self._agent_command = (*self._as_agent, *agent_command)
         # The warm agent's socket is the host login's own to reach: no as-claw.
         self._warm_command = warm_command
-        self.channels = ChannelManager(registry, self._target_for, self._audit_event)
+        self.boot_burst = BootBurst(self._ctx, report=self._say)
+        self.channels = ChannelManager(
+            registry,
+            self._target_for,
+            self._audit_event,
+            on_started=self.boot_burst.begin,
+            on_ready=self.boot_burst.end,
+        )
         self.scheduler = SchedulerThread(
             SchedulerRunner(
                 self._ctx.store.schedules,
@@ -170,6 +178,7 @@ class Controller:
                 self.channels.drop(claw)
         for claw in wanted:
             self.channels.ensure(claw)
+        self.boot_burst.end_overdue()
 
     def _target_for(self, claw: str) -> ChannelTarget:
         return channel_target(self._ctx, claw)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from appliance.core.domain import Accelerator, DomainSpec
+from appliance.core.domain import Accelerator, CpuQuota, DomainSpec
 
 
 class DomainState(StrEnum):
@@ -62,6 +62,11 @@ class Hypervisor(Protocol):
 
     def state(self, name: str) -> DomainState | None:
         """The domain's state, or ``None`` when no such domain is defined."""
+
+    def set_live_cpu_cap(self, name: str, quota: CpuQuota | None) -> None:
+        """Change a running domain's CPU cap until it stops (``None``: no cap);
+        its definition keeps the ``<cputune>`` it was defined with. A no-op
+        when the domain is not running."""
 
     def list_domains(self, prefix: str) -> list[str]:
         """Names of all defined domains starting with ``prefix``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, replace
 
-from appliance.core.domain import DomainSpec
+from appliance.core.domain import CpuQuota, DomainSpec
 from appliance.core.errors import Conflict, HypervisorError, NotFound, Unavailable
 from appliance.core.ports import DomainState
 from appliance.hypervisor.domain import render_domain_xml
@@ -25,6 +25,8 @@ class FakeDomain:
     starts: int = 0  # how often it was actually started (not no-op calls)
     forced_offs: int = 0  # shutdowns that had to pull the plug
     xml: str = field(default="", repr=False)
+    # The cap in force while running: the spec's, unless changed live.
+    live_cpu_cap: CpuQuota | None = None
 
 
 class FakeHypervisor:
@@ -112,6 +114,7 @@ class FakeHypervisor:
                     f"check `virsh -c {self.uri} dominfo` and libvirtd's log",
                 )
             dom.state = DomainState.RUNNING
+            dom.live_cpu_cap = dom.spec.cpu_quota
             dom.starts += 1
 
     def shutdown(self, name: str, timeout: float = 30.0) -> None:
@@ -173,6 +176,13 @@ class FakeHypervisor:
             self.domains[new_name] = self.domains.pop(name)
             if name in self.pids:
                 self.pids[new_name] = self.pids.pop(name)
+
+    def set_live_cpu_cap(self, name: str, quota: CpuQuota | None) -> None:
+        with self._lock:
+            self._check("set_live_cpu_cap", name)
+            dom = self.domains.get(name)
+            if dom is not None and dom.state in (DomainState.RUNNING, DomainState.PAUSED):
+                dom.live_cpu_cap = quota
 
     def state(self, name: str) -> DomainState | None:
         self._check("state", name)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from appliance.core.domain import DomainSpec
+from appliance.core.domain import CPU_PERIOD_US, CpuQuota, DomainSpec
 from appliance.core.errors import Conflict, HypervisorError, NotFound, Unavailable
 from appliance.core.ports import DomainState
 from appliance.hypervisor.domain import render_domain_xml
@@ -288,6 +288,21 @@ class LibvirtHypervisor:
             return _STATES.get(dom.state()[0], DomainState.OTHER)
 
         return self._on_domain(f"read the state of {name}", name, do, lambda: None)
+
+    def set_live_cpu_cap(self, name: str, quota: CpuQuota | None) -> None:
+        # The same four figures <cputune> sets; -1 is the cgroup's "max".
+        params = {
+            "vcpu_period": quota.period_us if quota else CPU_PERIOD_US,
+            "vcpu_quota": quota.vcpu_quota_us if quota else -1,
+            "global_period": quota.period_us if quota else CPU_PERIOD_US,
+            "global_quota": quota.domain_quota_us if quota else -1,
+        }
+
+        def do(dom: Any) -> None:
+            if dom.isActive():
+                dom.setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+        self._on_domain(f"set the CPU cap of {name}", name, do, lambda: None)
 
     def uuid(self, name: str) -> str | None:
         def do(dom: Any) -> str | None:

@@ -28,6 +28,7 @@ from typing import Any
 import appliance
 from appliance.core.errors import ClawdenError, IntegrityError
 from appliance.image import manifest as mf
+from appliance.image.pvh import unpack_pvh_kernel
 from appliance.image.tools import require_tool, run_tool, stream_tool
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -227,9 +228,12 @@ def _take_boot_files(rootfs: Path, out: Path) -> str:
     initrd = rootfs / "boot" / f"initrd.img-{release}"
     if not initrd.is_file():
         raise ClawdenError(f"no initrd for kernel {release}", "check initramfs-tools in the recipe")
-    for src, name in ((kernels[0], mf.KERNEL), (initrd, mf.INITRD)):
-        shutil.copyfile(src, out / name)
-        (out / name).chmod(0o644)
+    # The kernel QEMU boots is the bzImage's own payload, unpacked here once
+    # rather than in the guest at every boot (appliance/image/pvh.py).
+    (out / mf.KERNEL).write_bytes(unpack_pvh_kernel(kernels[0].read_bytes()))
+    (out / mf.KERNEL).chmod(0o644)
+    shutil.copyfile(initrd, out / mf.INITRD)
+    (out / mf.INITRD).chmod(0o644)
     # QEMU gets the initrd directly; a copy inside the read-only root is dead weight.
     initrd.unlink()
     return release

@@ -2,7 +2,9 @@
 and integrity checks.
 
 An image lives in ``<images_root>/<version>/`` with ``golden.qcow2``,
-``vmlinuz``, ``initrd.img`` and ``manifest.json``. The version is derived from
+``vmlinux`` (the unpacked kernel QEMU boots by its PVH entry; images built
+before format 3 have the compressed ``vmlinuz`` instead), ``initrd.img`` and
+``manifest.json``. The version is derived from
 a hash of the recipe, so the same recipe always maps to the same directory and
 a build can be skipped when it is already there and intact.
 """
@@ -22,14 +24,16 @@ from appliance.core.errors import IntegrityError
 SUITE = "bookworm"
 MANIFEST = "manifest.json"
 GOLDEN = "golden.qcow2"
-KERNEL = "vmlinuz"
+KERNEL = "vmlinux"
+LEGACY_KERNEL = "vmlinuz"
 INITRD = "initrd.img"
 ARTEFACTS = (GOLDEN, KERNEL, INITRD)
 
 # Bump when the build procedure changes in a way the recipe files do not show
 # (mkfs options, the mmdebstrap command line): it changes every version.
 # 2: the root ext4 always has 1 KiB blocks (`mkfs.ext4 -b 1024`).
-BUILD_FORMAT = "clawden-image-2"
+# 3: the kernel is shipped unpacked (``vmlinux``, booted through PVH).
+BUILD_FORMAT = "clawden-image-3"
 
 REBUILD_FIX = "rebuild with `clawden image build --force`"
 
@@ -110,6 +114,15 @@ def write_manifest(image_dir: Path, manifest: Mapping[str, Any]) -> None:
     tmp.replace(image_dir / MANIFEST)
 
 
+def _kernel_name(manifest: Mapping[str, Any]) -> str:
+    # An image built before format 3 boots its compressed kernel: claws
+    # started on it keep working until a new image is built.
+    artefacts = manifest.get("artefacts")
+    if isinstance(artefacts, Mapping) and LEGACY_KERNEL in artefacts and KERNEL not in artefacts:
+        return LEGACY_KERNEL
+    return KERNEL
+
+
 def load_image(image_dir: Path) -> GoldenImage:
     """Read an image directory's manifest (no hashing: see ``verify_image``)."""
     path = image_dir / MANIFEST
@@ -123,7 +136,7 @@ def load_image(image_dir: Path) -> GoldenImage:
         version=version,
         dir=image_dir,
         golden=image_dir / GOLDEN,
-        kernel=image_dir / KERNEL,
+        kernel=image_dir / _kernel_name(manifest),
         initrd=image_dir / INITRD,
         manifest=manifest,
         created_at=created_at,
@@ -135,7 +148,7 @@ def verify_image(image: GoldenImage) -> None:
     recorded = image.manifest.get("artefacts")
     if not isinstance(recorded, Mapping):
         raise IntegrityError(f"image {image.version}: manifest lists no artefacts", REBUILD_FIX)
-    for name in ARTEFACTS:
+    for name in (GOLDEN, image.kernel.name, INITRD):
         entry = recorded.get(name)
         path = image.dir / name
         if not isinstance(entry, Mapping) or "sha256" not in entry:

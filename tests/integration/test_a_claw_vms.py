@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import time
 import xml.etree.ElementTree as ET  # noqa: S405 - virsh's output for our own domain
@@ -261,3 +262,7 @@ def test_claw_domain_has_a_cpu_quota(clawden_env: Env, two_claws: tuple[str, str
     )
     assert live["vcpu_quota"] == str(expected.vcpu_quota_us), sched
     assert live["global_quota"] == str(expected.domain_quota_us), sched
+    # It booted without the cap, and the controller put it back once ready.
+    said = (clawden_env.home / "controller.log").read_text(errors="replace")
+    assert "alice: CPU cap lifted while it boots" in said, said[-2000:]
+    assert re.search(r"alice: CPU cap back after \d+\.\d s", said), said[-2000:]

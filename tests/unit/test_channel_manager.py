@@ -24,7 +24,10 @@ def sshd(tmp_path: Path) -> Iterator[LocalSshd]:
 
 
 def _manager(
-    server: LocalSshd, events: list[tuple[str, str]], pinned: str | None = None
+    server: LocalSshd,
+    events: list[tuple[str, str]],
+    pinned: str | None = None,
+    hooks: list[str] | None = None,
 ) -> ChannelManager:
     def target(claw: str) -> ChannelTarget:
         return ChannelTarget(
@@ -35,8 +38,13 @@ def _manager(
             user=server.user,
         )
 
+    seen = hooks if hooks is not None else []
     return ChannelManager(
-        ServiceRegistry(), target, lambda action, claw, details: events.append((action, claw))
+        ServiceRegistry(),
+        target,
+        lambda action, claw, details: events.append((action, claw)),
+        on_started=lambda claw: seen.append(f"started {claw}"),
+        on_ready=lambda claw: seen.append(f"ready {claw}"),
     )
 
 
@@ -54,6 +62,27 @@ def test_connects_and_reconnects_after_the_transport_drops(sshd: LocalSshd) -> N
     finally:
         manager.close()
     assert manager.claws() == []
+
+
+def test_started_fires_once_per_connection_and_ready_only_the_first_time(sshd: LocalSshd) -> None:
+    # The boot burst hangs on these: lifted when a claw is found running,
+    # capped again when its channel is first ready, not at every reconnect.
+    hooks: list[str] = []
+    manager = _manager(sshd, [], hooks=hooks)
+    try:
+        conn = manager.ensure("alice")
+        assert manager.ensure("alice") is conn
+        assert conn.wait_ready(20)
+        assert _eventually(lambda: hooks == ["started alice", "ready alice"])
+        conn.transport().close()
+        assert _eventually(lambda: conn.status().connects >= 2 and conn.wait_ready(1))
+        assert hooks == ["started alice", "ready alice"]
+        manager.drop("alice")
+        assert manager.ensure("alice").wait_ready(20)
+        assert _eventually(lambda: len(hooks) == 4)
+        assert hooks[2:] == ["started alice", "ready alice"]
+    finally:
+        manager.close()
 
 
 def test_a_wrong_host_key_is_refused_once_audited_and_not_hammered(sshd: LocalSshd) -> None:

@@ -188,3 +188,23 @@ def test_mmdebstrap_command_follows_the_recipe(tmp_path: Path) -> None:
     # The .deb cache is saved before customize.sh purges apt's directories.
     assert "sync-out" in hooks[0] and "customize.sh customize" in hooks[-1]
     assert not any("customize.sh customize" in a for a in args if a.startswith("--essential"))
+
+
+def test_an_image_from_before_format_3_boots_its_compressed_kernel(tmp_path: Path) -> None:
+    image_dir = tmp_path / "bookworm-0000000000aa"
+    image_dir.mkdir()
+    names = (mf.GOLDEN, mf.LEGACY_KERNEL, mf.INITRD)
+    for name in names:
+        (image_dir / name).write_bytes(name.encode())
+    manifest = {
+        "version": image_dir.name,
+        "created_at": "2026-01-01T00:00:00Z",
+        "artefacts": {name: mf.artefact_entry(image_dir / name) for name in names},
+    }
+    mf.write_manifest(image_dir, manifest)
+    image = mf.load_image(image_dir)
+    assert image.kernel == image_dir / "vmlinuz"
+    mf.verify_image(image)
+    (image_dir / mf.LEGACY_KERNEL).write_bytes(b"tampered")
+    with pytest.raises(IntegrityError, match="vmlinuz does not match"):
+        mf.verify_image(image)

@@ -64,7 +64,7 @@ def _fake_image(images: Path) -> Path:
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", str(d / "golden.qcow2"), "64M"], check=True
     )
-    (d / "vmlinuz").write_bytes(b"kernel")
+    (d / "vmlinux").write_bytes(b"kernel")
     (d / "initrd.img").write_bytes(b"initrd")
     write_manifest(
         d,
@@ -72,7 +72,7 @@ def _fake_image(images: Path) -> Path:
             "version": d.name,
             "created_at": "2026-01-01T00:00:00+00:00",
             "artefacts": {
-                n: artefact_entry(d / n) for n in ("golden.qcow2", "vmlinuz", "initrd.img")
+                n: artefact_entry(d / n) for n in ("golden.qcow2", "vmlinux", "initrd.img")
             },
         },
     )
