@@ -56,8 +56,8 @@ esac
 copy_overlay
 
 # --- accounts -------------------------------------------------------------
-# root: no password and no way to get one ("*"), so the serial getty that
-# systemd starts on ttyS0 cannot be used to log in.
+# root: no password and no way to get one ("*"); there is no getty on the
+# serial console either (masked below), so nothing offers a login there.
 in_root usermod -p '*' root
 # claw: the only login, by key. "*" and not "!": with UsePAM off, sshd treats
 # a "!"-locked account as locked and refuses even public-key logins.
@@ -106,7 +106,7 @@ in_root systemctl enable clawden-seed.service clawden-control.service clawden-po
 # (fstrim.timer too: /data, the only writable disk, is mounted with `discard`.)
 in_root systemctl mask e2scrub_all.timer e2scrub_reap.service fstrim.timer \
     dpkg-db-backup.timer systemd-machine-id-commit.service \
-    getty@tty1.service getty-static.service >/dev/null
+    getty@tty1.service getty-static.service serial-getty@ttyS0.service >/dev/null
 in_root systemctl set-default multi-user.target >/dev/null
 # Boot time: every unit is a fork+exec that costs tenths of a second under
 # TCG, and these do nothing for a claw. Kernel file systems no claw process
@@ -121,13 +121,15 @@ in_root systemctl mask sys-kernel-debug.mount sys-kernel-tracing.mount sys-kerne
     systemd-pstore.service systemd-journal-flush.service systemd-random-seed.service \
     systemd-update-utmp.service systemd-update-utmp-runlevel.service >/dev/null
 # Generators run before systemd queues a single job: keep fstab (the mounts)
-# and getty (the serial console); the rest look for things a claw never has
-# (LUKS, verity, GPT auto-partitions, hibernation images, SysV scripts with no
-# native unit, rc.local, /system-update) or read unit overrides from the
-# kernel command line (systemd.mask=, systemd.run=, debug shell).
+# and run (`systemd.run=`: only the host sets the kernel command line, and
+# bench/audit_image.py runs Lynis as root through it); the rest look for
+# things a claw never has (LUKS, verity, GPT auto-partitions, hibernation
+# images, SysV scripts with no native unit, rc.local, /system-update), start
+# a login prompt nobody can use (getty: root and claw have no password), or
+# read unit overrides from the kernel command line (systemd.mask=, debug shell).
 install -d -m 0755 "$root/etc/systemd/system-generators"
-for gen in cryptsetup debug gpt-auto hibernate-resume integritysetup veritysetup \
-    rc-local run system-update sysv; do
+for gen in cryptsetup debug getty gpt-auto hibernate-resume integritysetup veritysetup \
+    rc-local system-update sysv; do
     ln -sf /dev/null "$root/etc/systemd/system-generators/systemd-$gen-generator"
 done
 # An empty machine-id on a read-only root makes systemd generate a transient
