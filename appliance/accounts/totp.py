@@ -49,7 +49,7 @@ def matching_step(
         return None
     totp = pyotp.TOTP(secret, digits=digits, digest=digest, interval=interval)
     current = step_at(now, interval)
-    for step in range(current - WINDOW, current + WINDOW + 1):
+    for step in range(max(0, current - WINDOW), current + WINDOW + 1):
         if hmac.compare_digest(totp.generate_otp(step), code):
             return step
     return None

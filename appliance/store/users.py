@@ -80,6 +80,11 @@ class UserRepository:
             self.db.execute("DELETE FROM sessions WHERE user = ?", [name])
             self.db.execute("DELETE FROM users WHERE name = ?", [name])
 
+    def delete_claw(self, claw: str) -> None:
+        """A destroyed claw has no owner: a new claw of that name starts unowned."""
+        with transaction(self.db):
+            self.db.execute("DELETE FROM user_claws WHERE claw = ?", [claw])
+
     def owner_of(self, claw: str) -> str | None:
         with locked(self.db):
             row = self.db.execute("SELECT user FROM user_claws WHERE claw = ?", [claw]).fetchone()
