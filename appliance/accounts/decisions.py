@@ -7,8 +7,8 @@ that does not exist.
 Deciding needs an admin and a fresh TOTP code, bound to the request that was
 shown: the caller passes the sha256 it displayed, and
 
-1. a request whose hash differs is refused before the code is looked at (so
-   the code is not spent on the wrong request);
+1. a request whose hash differs, or that is no longer pending, is refused
+   before the code is looked at (so the code is not spent on it);
 2. the code's time step is consumed in one atomic UPDATE: a code works once,
    even when two approvals race with it from two connections;
 3. failed codes count towards a lockout (5 in 15 minutes), audited;
@@ -82,6 +82,11 @@ def decide(
         raise Conflict(
             f"approval {shown.id} is not the request that was shown",
             "reload the request, read it again and decide with a new code",
+        )
+    if not shown.pending:
+        # Refused before the code is looked at, so the code is not spent on it.
+        raise Conflict(
+            f"approval {shown.id} is already {shown.status}", "nothing to decide; reload the list"
         )
     secret = store.users.active_totp(user.name)
     if secret is None:

@@ -170,8 +170,9 @@ class Accounts:
 
     def _refuse_if_locked(self, name: str, address: str, now: datetime) -> None:
         sessions = self.store.sessions
+        target = name[:40]  # as _failed records it
         for until in (
-            locked_until(sessions.failures(LOGIN, now, user=name), MAX_FAILURES_PER_USER, now),
+            locked_until(sessions.failures(LOGIN, now, user=target), MAX_FAILURES_PER_USER, now),
             locked_until(
                 sessions.failures(LOGIN, now, address=address), MAX_FAILURES_PER_ADDRESS, now
             ),
@@ -180,7 +181,7 @@ class Accounts:
                 self.store.audit.append(
                     "anonymous",
                     "user.login_failed",
-                    name[:40],
+                    target,
                     {"address": address, "reason": "locked"},
                 )
                 raise refuse_while_locked("logging in", until)

@@ -101,6 +101,8 @@ def test_a_code_decides_once_and_a_replay_is_refused(store: Store, clock: Clock,
     with pytest.raises(InvalidInput):
         decide(store, "mum", b.id, b.sha256, code, True, clock=clock)
     fresh = totp.code_at(mum, clock.now)
+    with pytest.raises(Conflict, match="already approved"):
+        decide(store, "mum", a.id, a.sha256, fresh, False, clock=clock)  # the code is not spent
     assert decide(store, "mum", b.id, b.sha256, fresh, False, "no", clock=clock).status == "denied"
     entries = [e for e in store.audit.entries() if e.action.startswith("approval.")]
     assert [e.action for e in entries] == [

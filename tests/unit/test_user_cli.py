@@ -186,3 +186,21 @@ def test_a_uri_file_that_cannot_be_written_keeps_the_active_secret(
     assert main(["user", "totp", "mum", "--uri-file", str(link)]) == 2
     assert "cannot write" in one_error(capsys)
     assert target.read_text() == ""
+
+
+def test_on_a_terminal_the_uri_is_drawn_as_a_qr_code_only(
+    home: Path,
+    password_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        main(["user", "add", "mum", "--role", "admin", "--password-file", str(password_file)]) == 0
+    )
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert main(["user", "totp", "mum"]) == 0
+    out = capsys.readouterr().out
+    assert "otpauth://" not in out and "secret=" not in out
+    assert len(out.splitlines()) > 10  # the QR code's rows
+    assert "then: clawden user totp mum --confirm CODE" in out
