@@ -1,7 +1,7 @@
 """``clawden`` — the operator's command line.
 
 One module per command group (``claws``, ``images``, ``schedules``,
-``skills`` — with ``claw import`` —, ``approvals``, ``audit``, ``llm``,
+``skills`` — with ``claw import`` —, ``approvals``, ``users``, ``audit``, ``llm``,
 ``host``, ``doctor``, ``controller``): each registers its parsers and points
 every leaf at its handler with ``set_defaults(handler=…)``.
 
@@ -30,12 +30,25 @@ from appliance.cli import (
     llm,
     schedules,
     skills,
+    users,
 )
 from appliance.core.errors import ClawdenError
 from appliance.core.textsafe import printable
 
 # The order `clawden --help` lists them in.
-GROUPS = (doctor, controller, host, images, claws, schedules, skills, approvals, llm, audit)
+GROUPS = (
+    doctor,
+    controller,
+    host,
+    images,
+    claws,
+    schedules,
+    skills,
+    approvals,
+    users,
+    llm,
+    audit,
+)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 What a claw asked is untrusted text: every action and detail printed here goes
 through ``printable``, and the full sha256 of (claw, action, details) is shown
 so the operator approves exactly what they read. Each decision is audited in
-the same transaction that records it.
+the same transaction that records it, with actor ``root@cli``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from datetime import datetime
 
 from appliance.app import build_context
 from appliance.cli.output import Subparsers
+from appliance.core.accounts import ROOT_CLI_ACTOR
 from appliance.core.approvals import Approval, utc_clock
 from appliance.core.model import validate_claw_name
 from appliance.core.textsafe import printable
@@ -111,10 +112,12 @@ def approval_show(args: argparse.Namespace) -> int:
 def _decide(args: argparse.Namespace, approved: bool, reason: str | None) -> int:
     ctx = build_context()
     repo = ctx.store.approvals
+    # Root at the host's terminal owns the host: no TOTP, but the decision
+    # still names who made it, as the panel's name their account.
     with ctx.store.transaction():
-        a = repo.decide(args.id, approved, by=ctx.actor, reason=reason)
+        a = repo.decide(args.id, approved, by=ROOT_CLI_ACTOR, reason=reason)
         ctx.audit.append(
-            ctx.actor,
+            ROOT_CLI_ACTOR,
             "approval.approve" if approved else "approval.deny",
             a.id,
             {"claw": a.claw, "action": a.action, "sha256": a.sha256, "reason": a.reason},

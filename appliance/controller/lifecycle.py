@@ -326,12 +326,13 @@ class Lifecycle:
         self.ctx.keys.delete_for(claw)
 
     def _forget(self, claw: str) -> None:
-        # Its jobs, conversations, approval requests and skills go with it (a new claw of the same
-        # name starts clean); its LLM spending stays on record (llm_calls).
+        # Its jobs, conversations, approval requests, skills and owner link go with it (a new
+        # claw of the same name starts clean); its LLM spending stays on record (llm_calls).
         self.ctx.store.schedules.delete_claw(claw)
         self.ctx.store.messages.delete_claw(claw)
         self.ctx.store.approvals.delete_claw(claw)
         self.ctx.store.skills.delete_claw(claw)
+        self.ctx.store.users.delete_claw(claw)
         self.ctx.claws.delete(claw)
 
     def _set_state(self, op: Operation, state: ClawState) -> None:

@@ -31,9 +31,11 @@ from appliance.store.operations import (
     OperationLog,
 )
 from appliance.store.schedules import ScheduleRepository
+from appliance.store.sessions import SessionRepository
 from appliance.store.skills import SkillRepository
 from appliance.store.tx import transaction
 from appliance.store.usage import UsageRepository
+from appliance.store.users import UserRepository
 
 
 class Store:
@@ -62,6 +64,8 @@ class Store:
         self.messages = MessageRepository(db, clock=clock)
         self.schedules = ScheduleRepository(db)
         self.usage = UsageRepository(db, clock=clock)
+        self.users = UserRepository(db)
+        self.sessions = SessionRepository(db)
 
     @classmethod
     def open(cls, path: Path, audit_head: Path | None = None) -> Store:
@@ -101,10 +105,12 @@ __all__ = [
     "OperationLog",
     "ScheduleRepository",
     "SchemaTooNew",
+    "SessionRepository",
     "SkillRepository",
     "Store",
     "StoredKey",
     "UsageRepository",
+    "UserRepository",
     "migrate",
     "open_db",
     "transaction",

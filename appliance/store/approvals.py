@@ -150,9 +150,20 @@ class ApprovalRepository:
             self.sleep(min(POLL_S, left))
 
     def decide(
-        self, approval_id: str, approved: bool, by: str, reason: str | None = None
+        self,
+        approval_id: str,
+        approved: bool,
+        by: str,
+        reason: str | None = None,
+        expected_sha256: str | None = None,
     ) -> Approval:
-        """Approve or deny a pending, unexpired request; anything else is refused."""
+        """Approve or deny a pending, unexpired request; anything else is refused.
+
+        With ``expected_sha256`` (the hash the decider was shown), the request
+        is checked once more inside the write transaction, just before the
+        decision is written: its stored hash and the hash of its stored text
+        must both be that one, so nothing edited since it was shown is decided.
+        """
         reason = (reason or "").strip()
         if len(reason) > MAX_REASON_CHARS:
             raise InvalidInput(
@@ -167,6 +178,14 @@ class ApprovalRepository:
                 raise Conflict(
                     f"approval {approval_id} is already {current.status}",
                     f"nothing to decide; see `clawden approval show {approval_id}`",
+                )
+            if expected_sha256 is not None and not (
+                current.sha256 == expected_sha256
+                and request_hash(current.claw, current.action, current.details) == expected_sha256
+            ):
+                raise Conflict(
+                    f"approval {approval_id} is not the request that was shown",
+                    "reload the request, read it again and decide with a new code",
                 )
             self.db.execute(
                 "UPDATE approvals SET status = ?, reason = ?, decided_at = ?, decided_by = ?"

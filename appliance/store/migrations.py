@@ -272,6 +272,63 @@ def m010_llm_reservations(db: Database) -> None:
     )
 
 
+def m011_accounts(db: Database) -> None:
+    # Family accounts (appliance/core/accounts.py). Secrets at rest: the
+    # password as an argon2id hash; recovery codes and session tokens as
+    # SHA-256 (they are 80+ random bits, so a fast hash cannot be guessed
+    # backwards); the TOTP secret in clear, because verifying a code needs it
+    # (the file is 0600 and already holds the claws' client keys).
+    # totp.last_step is the newest time step used: a code is accepted only
+    # for a later step, consumed in one atomic UPDATE (store/users.py).
+    # login_attempts keeps failures only; they age out of the lockout window.
+    _script(
+        db,
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+            password_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            password_changed_at TEXT NOT NULL
+        ) STRICT;
+        CREATE TABLE user_claws (
+            claw TEXT PRIMARY KEY,
+            user TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE
+        ) STRICT;
+        CREATE INDEX user_claws_user ON user_claws (user);
+        CREATE TABLE totp (
+            user TEXT PRIMARY KEY REFERENCES users (name) ON DELETE CASCADE,
+            secret TEXT,
+            pending_secret TEXT,
+            last_step INTEGER NOT NULL DEFAULT -1
+        ) STRICT;
+        CREATE TABLE recovery_codes (
+            user TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+            code_sha256 TEXT NOT NULL,
+            used_at TEXT,
+            PRIMARY KEY (user, code_sha256)
+        ) STRICT;
+        CREATE TABLE sessions (
+            token_sha256 TEXT PRIMARY KEY,
+            user TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            revoked_at TEXT
+        ) STRICT;
+        CREATE INDEX sessions_user ON sessions (user);
+        CREATE TABLE login_attempts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('login', 'totp')),
+            user TEXT NOT NULL,
+            address TEXT NOT NULL,
+            at TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX login_attempts_user ON login_attempts (kind, user, at);
+        CREATE INDEX login_attempts_address ON login_attempts (kind, address, at);
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     (1, "claws", m001_claws),
     (2, "keys", m002_keys),
@@ -283,4 +340,5 @@ MIGRATIONS: list[Migration] = [
     (8, "approvals", m008_approvals),
     (9, "quota_indexes", m009_quota_indexes),
     (10, "llm_reservations", m010_llm_reservations),
+    (11, "accounts", m011_accounts),
 ]

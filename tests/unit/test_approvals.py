@@ -273,7 +273,8 @@ def test_list_show_approve_then_the_wait_returns_approved(
     try:
         assert ApprovalRepository(db).wait(a.id, "alice", 5).status == "approved"
         [entry] = [e for e in AuditLog(db).entries() if e.action == "approval.approve"]
-        assert (entry.actor, entry.target, entry.details["sha256"]) == ("cli", a.id, a.sha256)
+        assert (entry.actor, entry.target, entry.details["sha256"]) == ("root@cli", a.id, a.sha256)
+        assert ApprovalRepository(db).require(a.id).decided_by == "root@cli"
     finally:
         db.close()
     assert main(["audit", "verify"]) == 0  # the head file kept up with the decision

@@ -12,6 +12,7 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -533,12 +534,14 @@ def test_create_adds_the_heartbeat_and_destroy_forgets_everything_of_the_claw(
     MessageRepository(ctx.store.db).add("alice", "in", "cli", "operator", "hi", kind="chat")
     ApprovalRepository(ctx.store.db).request("alice", "buy tulips", "12 tulips", 60)
     SkillRepository(ctx.store.db).record("alice", "weather", "0" * 64, "test")
+    ctx.store.users.add("kid", "member", "$argon2id$stand-in", ("alice",), datetime.now(UTC))
     ctx.store.db.execute(
         "INSERT INTO llm_calls (claw, ts, model, status) VALUES ('alice', '2026', 'm', 'ok')"
     )
     Lifecycle(ctx).destroy("alice")
-    for table in ("schedules", "messages", "approvals", "skills"):
+    for table in ("schedules", "messages", "approvals", "skills", "user_claws"):
         assert list(ctx.store.db.query(f"SELECT * FROM {table} WHERE claw = 'alice'")) == [], table
+    assert ctx.store.users.require("kid").claws == ()  # the account stays, unowning
     # Spending stays on record after the claw is gone.
     assert len(list(ctx.store.db.query("SELECT * FROM llm_calls WHERE claw = 'alice'"))) == 1
 
