@@ -17,3 +17,14 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database = open_db(tmp_path / "clawden.db")
     yield database
     database.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty CLAWDEN_HOME on libvirt's test driver, for in-process CLI
+    tests (modules that need more in it override this, requesting it)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("CLAWDEN_HOME", str(home))
+    monkeypatch.setenv("CLAWDEN_LIBVIRT_URI", "test:///default")
+    home.mkdir()
+    return home

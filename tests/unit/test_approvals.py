@@ -229,15 +229,6 @@ def test_a_full_queue_is_a_denial_the_agent_can_read(db: Database) -> None:
 
 
 # ---- the CLI ----------------------------------------------------------------------
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("CLAWDEN_HOME", str(home))
-    monkeypatch.setenv("CLAWDEN_LIBVIRT_URI", "test:///default")
-    home.mkdir()
-    return home
-
-
 def _store() -> Database:
     return open_db(Settings.from_env().db_path)
 

@@ -255,15 +255,6 @@ def test_quotas_must_be_positive() -> None:
 
 
 # ---- the CLI: status and purge ------------------------------------------------------
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("CLAWDEN_HOME", str(home))
-    monkeypatch.setenv("CLAWDEN_LIBVIRT_URI", "test:///default")
-    home.mkdir()
-    return home
-
-
 def _home_db() -> Database:
     return open_db(Settings.from_env().db_path)
 

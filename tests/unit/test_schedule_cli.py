@@ -16,12 +16,8 @@ from tests.unit.test_schedule_store import add_claw
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("CLAWDEN_HOME", str(home))
-    monkeypatch.setenv("CLAWDEN_LIBVIRT_URI", "test:///default")
+def home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TZ", "Europe/Berlin")
-    home.mkdir()
     db = open_db(Settings.from_env().db_path)
     add_claw(db)
     ensure_heartbeat(Store(db), "alice")

@@ -21,11 +21,7 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("CLAWDEN_HOME", str(home))
-    monkeypatch.setenv("CLAWDEN_LIBVIRT_URI", "test:///default")
-    home.mkdir()
+def home(home: Path) -> Path:
     db = open_db(Settings.from_env().db_path)
     add_claw(db, "alice")
     db.close()
