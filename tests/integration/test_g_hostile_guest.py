@@ -133,6 +133,11 @@ def test_the_warm_agent_runs_with_no_more_than_exec_gets(
     assert env["HOME"] == HOME and env["USER"] == "claw"
     assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
     assert not [k for k in env if k.startswith("SSH_")], env
+    # Its imports yield the vCPU to everything else (boot, the host's
+    # commands): an idle cgroup, and nice 19 inside it.
+    cgroup = "/sys/fs/cgroup/system.slice/clawden-agent.service"
+    sched = _exec(clawden_env, "sh", "-c", f'cat {cgroup}/cpu.idle; ps -o ni= -p "$1"', "ni", pid)
+    assert sched[1].split() == ["1", "19"], sched
 
 
 def test_dotfiles_change_nothing_the_host_runs(
