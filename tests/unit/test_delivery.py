@@ -802,7 +802,14 @@ def test_a_connection_lookup_asks_about_that_one_claw_only(tmp_path: Path, sshd:
         assert ready and conn is ctl.channels.get("alice")
         assert ctl.transport_for("alice").is_active()
         alice = domain_name(settings.installation_tag, "alice")
-        assert hv.calls and set(hv.calls) == {("state", alice)}
+        # Its state, and (the boot burst) its live CPU cap lifted when the
+        # connection was made and put back once ready: nothing of any other claw.
+        # (The hook runs on the channel's thread just after it reports ready.)
+        deadline = time.monotonic() + 10
+        while hv.calls.count(("set_live_cpu_cap", alice)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert hv.calls.count(("set_live_cpu_cap", alice)) == 2
+        assert set(hv.calls) == {("state", alice), ("set_live_cpu_cap", alice)}
         assert ctl.channels.claws() == ["alice"]
 
         # The same answers as before for everything that is not a ready claw.
