@@ -122,6 +122,17 @@ def _policy_checks(transport: paramiko.Transport) -> dict[str, str]:
     return checks
 
 
+def _qemu_boot(image: GoldenImage, memory_mib: int, console: Path, cmdline: str) -> list[str]:
+    """The machine both baselines boot: a claw's (q35, TCG, one vCPU), with
+    ``image``'s kernel and initrd booted directly, the console to a file."""
+    return [
+        "qemu-system-x86_64", "-nodefaults", "-nographic", "-machine", "q35", "-accel", "tcg",
+        "-m", str(memory_mib), "-smp", "1", "-no-reboot", "-monitor", "none",
+        "-serial", f"file:{console}",
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
+    ]  # fmt: skip
+
+
 @contextmanager
 def qemu_claw(
     image: GoldenImage,
@@ -137,10 +148,7 @@ def qemu_claw(
         arg for drive in extra_drives for arg in ("-drive", f"file={drive},format=raw,if=virtio")
     ]
     argv = [
-        "qemu-system-x86_64", "-nodefaults", "-nographic", "-machine", "q35", "-accel", "tcg",
-        "-m", str(memory_mib), "-smp", "1", "-no-reboot", "-monitor", "none",
-        "-serial", f"file:{work / 'console.log'}",
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
+        *_qemu_boot(image, memory_mib, work / "console.log", cmdline),
         "-drive", f"file={work / 'root.qcow2'},format=qcow2,if=virtio",
         "-drive", f"file={work / 'seed.img'},format=raw,if=virtio,readonly=on",
         "-drive", f"file={work / 'data.qcow2'},format=qcow2,if=virtio",
@@ -170,13 +178,7 @@ def boot_trivial_init(image: GoldenImage, work: Path, memory_mib: int = 512) -> 
     """Seconds from starting QEMU until it exits, having booted the claw's own
     kernel, initrd and command line to an init that powers off at once: the
     floor any boot of this kernel on this machine has to pay."""
-    argv = [
-        "qemu-system-x86_64", "-nodefaults", "-nographic", "-machine", "q35", "-accel", "tcg",
-        "-m", str(memory_mib), "-smp", "1", "-no-reboot", "-monitor", "none",
-        "-serial", f"file:{work / 'trivial-console.log'}",
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-        "-append", f"{CMDLINE} {TRIVIAL_INIT}",
-    ]  # fmt: skip
+    argv = _qemu_boot(image, memory_mib, work / "trivial-console.log", f"{CMDLINE} {TRIVIAL_INIT}")
     started = time.monotonic()
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=300, check=False)
     took = time.monotonic() - started

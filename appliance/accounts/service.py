@@ -27,6 +27,7 @@ from appliance.core.accounts import (
     check_password,
     locked_until,
     refuse_while_locked,
+    user_actor,
     validate_role,
     validate_user_name,
 )
@@ -148,7 +149,7 @@ class Accounts:
     def logout(self, token: str) -> None:
         user = self.store.sessions.revoke(token, self.clock())
         if user is not None:
-            self.store.audit.append(f"user:{user}", "user.logout", user, {})
+            self.store.audit.append(user_actor(user), "user.logout", user, {})
 
     def session_user(self, token: str) -> User | None:
         """The account behind a live session token, or None."""
@@ -170,7 +171,7 @@ class Accounts:
 
     def _refuse_if_locked(self, name: str, address: str, now: datetime) -> None:
         sessions = self.store.sessions
-        target = name[:40]  # as _failed records it
+        target = _attempt_key(name)
         for until in (
             locked_until(sessions.failures(LOGIN, now, user=target), MAX_FAILURES_PER_USER, now),
             locked_until(
@@ -188,7 +189,7 @@ class Accounts:
 
     def _failed(self, name: str, address: str, reason: str, now: datetime) -> NoReturn:
         """Record, audit, maybe lock out; always raises."""
-        target = name[:40]
+        target = _attempt_key(name)
         self.store.sessions.record_failure(LOGIN, target, address, now)
         self.store.audit.append(
             "anonymous", "user.login_failed", target, {"address": address, "reason": reason}
@@ -204,6 +205,12 @@ class Accounts:
                 {"address": address, "failures": len(by_user), "kind": LOGIN},
             )
         raise _bad_login()
+
+
+def _attempt_key(name: str) -> str:
+    # Failures are recorded and counted under the same key: the name as
+    # typed, cut short (a guesser may type anything, of any length).
+    return name[:40]
 
 
 def _valid_name(name: str) -> bool:

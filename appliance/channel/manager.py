@@ -88,7 +88,6 @@ class ClawConnection:
         self._on_event = on_event
         self._connect = connect
         self._on_ready = on_ready
-        self._ever_ready = False
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -193,8 +192,7 @@ class ClawConnection:
             backoff = BACKOFF_FIRST
             self._set(ChannelState.READY, transport, None)
             log.info("channel to %s ready", self.claw)
-            if not self._ever_ready:
-                self._ever_ready = True
+            if self.status().connects == 1:  # only this thread counts them
                 self._on_ready(self.claw)
             while transport.is_active() and not self._stop.wait(0.5):
                 pass

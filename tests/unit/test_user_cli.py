@@ -28,6 +28,12 @@ def home(home: Path) -> Path:
     return home
 
 
+def _add_admin(password_file: Path) -> None:
+    assert (
+        main(["user", "add", "mum", "--role", "admin", "--password-file", str(password_file)]) == 0
+    )
+
+
 @pytest.fixture
 def password_file(tmp_path: Path) -> Path:
     path = tmp_path / "pw"
@@ -110,9 +116,7 @@ def test_bad_input_is_one_line_and_loses_nothing(
     code: int,
 ) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
-    assert (
-        main(["user", "add", "mum", "--role", "admin", "--password-file", str(password_file)]) == 0
-    )
+    _add_admin(password_file)
     capsys.readouterr()
     short = tmp_path / "short"
     short.write_text("tiny\n")
@@ -135,9 +139,7 @@ def test_bad_input_is_one_line_and_loses_nothing(
 def test_totp_enrolment_through_a_0600_uri_file_then_confirm(
     home: Path, password_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert (
-        main(["user", "add", "mum", "--role", "admin", "--password-file", str(password_file)]) == 0
-    )
+    _add_admin(password_file)
     uri_file = tmp_path / "mum.uri"
     uri_file.write_text("old")
     os.chmod(uri_file, 0o644)  # an existing file is tightened, not trusted
@@ -172,9 +174,7 @@ def test_totp_enrolment_through_a_0600_uri_file_then_confirm(
 def test_a_uri_file_that_cannot_be_written_keeps_the_active_secret(
     home: Path, password_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert (
-        main(["user", "add", "mum", "--role", "admin", "--password-file", str(password_file)]) == 0
-    )
+    _add_admin(password_file)
     target = tmp_path / "elsewhere"
     target.write_text("")
     link = tmp_path / "link"
@@ -190,9 +190,7 @@ def test_on_a_terminal_the_uri_is_drawn_as_a_qr_code_only(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert (
-        main(["user", "add", "mum", "--role", "admin", "--password-file", str(password_file)]) == 0
-    )
+    _add_admin(password_file)
     capsys.readouterr()
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     assert main(["user", "totp", "mum"]) == 0
