@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from appliance.app import build_context, controller_logging, service_registry
 from appliance.cli.output import Subparsers, progress
 from appliance.controller.reconcile import reconcile
+from appliance.core.errors import InvalidInput
 from appliance.core.quotas import Refusals
+
+if TYPE_CHECKING:
+    from appliance.controller.context import Context
+    from appliance.controller.daemon import Controller
+    from web.server import PanelServer
 
 
 def register(sub: Subparsers) -> None:
     serve_cmd = sub.add_parser(
         "serve", help="run the controller in the foreground (owns the claws' channels)"
     )
+    serve_cmd.add_argument(
+        "--listen",
+        metavar="ADDR[:PORT]",
+        default="127.0.0.1",
+        help="where the admin panel listens (default 127.0.0.1:7780); any address but"
+        " loopback is served over TLS",
+    )
+    serve_cmd.add_argument("--tls-cert", metavar="PEM", help="your certificate for --listen")
+    serve_cmd.add_argument("--tls-key", metavar="PEM", help="its private key")
+    serve_cmd.add_argument("--no-panel", action="store_true", help="run without the admin panel")
     serve_cmd.set_defaults(handler=serve)
     rec = sub.add_parser(
         "reconcile", help="finish or undo interrupted operations; fix drift and orphans"
@@ -38,6 +57,8 @@ def serve(args: argparse.Namespace) -> int:
         lambda: ctx, service_registry(ctx.settings, ctx.store, refusals), refusals=refusals
     )
 
+    panel = None if args.no_panel else _panel(args, ctx, controller)
+
     def _stop(signum: int, frame: FrameType | None) -> None:
         controller.stop()
 
@@ -48,9 +69,28 @@ def serve(args: argparse.Namespace) -> int:
     # forwarded connection, a VM's channel, a CLI client): that is an error to
     # handle, never a reason for the process to die.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    controller.run()
+    if panel is not None:
+        for line in panel.start():
+            print(line, flush=True)
+    try:
+        controller.run()
+    finally:
+        if panel is not None:
+            panel.stop()
     log_budget.flush()
     return 0
+
+
+def _panel(args: argparse.Namespace, ctx: Context, controller: Controller) -> PanelServer:
+    from web.controller_ops import ControllerClawOps
+    from web.server import PanelServer, parse_listen
+
+    listen = parse_listen(args.listen)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together", "give both, or neither")
+    if args.tls_cert is not None:
+        listen = dataclasses.replace(listen, cert=Path(args.tls_cert), key=Path(args.tls_key))
+    return PanelServer(ctx.store, ctx.settings.home, ControllerClawOps(controller, ctx), listen)
 
 
 def do_reconcile(args: argparse.Namespace) -> int:

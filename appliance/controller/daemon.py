@@ -26,6 +26,7 @@ from appliance.controller.delivery import (
     DEFAULT_TIMEOUT,
     WARM_COMMAND,
     ChannelDelivery,
+    Conversation,
     converse,
 )
 from appliance.controller.domains import find_domain
@@ -323,14 +324,39 @@ class Controller:
         """Deliver a chat message from the operator; both sides are stored."""
         claw = validate_claw_name(str(request.get("claw", "")))
         text = request.get("text")
-        channel = str(request.get("channel") or "cli")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            text = ""
+        talk = self.say(
+            claw,
+            text,
+            channel=str(request.get("channel") or "cli"),
+            on_text=_relay(send),
+            timeout=float(request.get("timeout") or DEFAULT_TIMEOUT),
+            wait=float(request.get("wait", 0)),
+        )
+        return {
+            **talk.reply,
+            "in_id": talk.inbound.id,
+            "out_id": None if talk.outbound is None else talk.outbound.id,
+        }
+
+    def say(
+        self,
+        claw: str,
+        text: str,
+        channel: str,
+        on_text: Callable[[str], None],
+        timeout: float = DEFAULT_TIMEOUT,
+        wait: float = 0.0,
+    ) -> Conversation:
+        """Deliver ``text`` to ``claw`` and wait for its reply, streamed to
+        ``on_text`` piece by piece (the CLI's ``say`` and the panel's chat)."""
+        if not text.strip():
             raise InvalidInput("the message is empty", f'usage: clawden claw say {claw} "TEXT"')
-        timeout = float(request.get("timeout") or DEFAULT_TIMEOUT)
         # Validate and reach the claw before storing anything: a message that
         # was never attempted is not left behind as undelivered.
-        transport = self.transport_for(claw, float(request.get("wait", 0)))
-        talk = converse(
+        transport = self.transport_for(claw, wait)
+        return converse(
             self._messages,
             transport,
             claw,
@@ -339,13 +365,8 @@ class Controller:
             timeout=timeout,
             command=self._agent_command,
             warm=self._warm_command,
-            on_text=_relay(send),
+            on_text=on_text,
         )
-        return {
-            **talk.reply,
-            "in_id": talk.inbound.id,
-            "out_id": None if talk.outbound is None else talk.outbound.id,
-        }
 
 
 def _relay(send: Callable[[Reply], None]) -> Callable[[str], None]:

@@ -10,6 +10,9 @@ from sqlite_utils import Database
 
 from appliance.store import open_db
 
+# The admin panel over a real store and a FakeClawOps (tests/support/panel.py).
+from tests.support.panel import panel  # noqa: F401
+
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:

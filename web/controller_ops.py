@@ -1,0 +1,69 @@
+"""``ClawOps`` on the running controller: its channels, its ``say``, and the
+lifecycle use cases run on a worker thread (a boot takes a minute under
+TCG; the page shows progress from the claw's state, not a spinner)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+
+from appliance.controller.context import Context
+from appliance.controller.daemon import Controller
+from appliance.controller.lifecycle import Lifecycle
+from appliance.core.errors import ClawdenError, Conflict
+from web.ports import ChannelInfo, ChatReply, check_power_action
+
+log = logging.getLogger(__name__)
+
+
+class ControllerClawOps:
+    def __init__(self, controller: Controller, ctx: Context) -> None:
+        self._controller = controller
+        self._ctx = ctx
+        self._busy: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def channel(self, claw: str) -> ChannelInfo | None:
+        conn = self._controller.channels.get(claw)
+        if conn is None:
+            return None
+        st = conn.status()
+        return ChannelInfo(st.state.value, st.since, st.last_error)
+
+    def power(self, claw: str, action: str, actor: str) -> None:
+        check_power_action(action)
+        self._ctx.claws.require(claw)
+        with self._lock:
+            if claw in self._busy:
+                raise Conflict(
+                    f"claw {claw!r} is already busy: {self._busy[claw]}",
+                    "wait for it to finish (the dashboard shows its state)",
+                )
+            self._busy[claw] = action
+        lifecycle = Lifecycle(dataclasses.replace(self._ctx, actor=actor))
+        steps: dict[str, tuple[Callable[[str], None], ...]] = {
+            "start": (lifecycle.start,),
+            "stop": (lifecycle.stop,),
+            "restart": (lifecycle.stop, lifecycle.start),
+        }
+        threading.Thread(target=self._run, args=(claw, action, steps[action]), daemon=True).start()
+
+    def _run(self, claw: str, action: str, steps: tuple[Callable[[str], None], ...]) -> None:
+        try:
+            for step in steps:
+                step(claw)
+        except ClawdenError as exc:
+            log.warning("%s of claw %s from the panel failed: %s", action, claw, exc)
+        finally:
+            with self._lock:
+                self._busy.pop(claw, None)
+
+    def say(self, claw: str, text: str, channel: str, on_text: Callable[[str], None]) -> ChatReply:
+        talk = self._controller.say(claw, text, channel=channel, on_text=on_text, wait=30.0)
+        return ChatReply(
+            str(talk.reply.get("text", "")),
+            talk.inbound.id,
+            None if talk.outbound is None else talk.outbound.id,
+        )

@@ -1,0 +1,1 @@
+"""One router per page or concern; ``web/app.py`` includes them all."""
