@@ -307,7 +307,9 @@ def controller(home: Home) -> Iterator[Controller]:
         raise Disturbed(reason)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [CLAWDEN, "serve"], env=env, stdin=subprocess.DEVNULL, stdout=out,
+            # Without the panel: these benchmarks measure claws, and its port
+            # might be taken by an appliance on this machine.
+            [CLAWDEN, "serve", "--no-panel"], env=env, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     watchdog = _Watchdog(proc)

@@ -96,6 +96,7 @@ def self_signed(home: Path, host: str) -> tuple[Path, Path]:
     """A certificate for ``host`` made on first use (and when the address
     changes), valid ten years: the admin accepts it once in the browser."""
     folder = home / "panel"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     cert_path, key_path = folder / f"tls-{host}.crt", folder / f"tls-{host}.key"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
@@ -156,9 +157,17 @@ class PanelServer:
             server_header=False,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="panel", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="panel", daemon=True)
         self._store = store
         self._home = home
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except SystemExit:
+            # uvicorn exits when it cannot bind (it has logged why); start()
+            # sees the thread gone and says so.
+            pass
 
     def start(self, wait_s: float = 10.0) -> list[str]:
         """Start serving; returns the lines to show the operator (never to

@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,13 @@ class Env:
         )
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def make_home(prefix: str) -> Path:
     base = Path("/var/tmp")
     home = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
@@ -128,14 +136,25 @@ class RunningController:
 
     def __init__(self, env: Env) -> None:
         self.env = env
+        # The panel on a port of its own: the default (7780) may be an
+        # appliance's on this very machine.
+        self.panel_port = free_port()
         self.proc = self._start()
+
+    @property
+    def panel_url(self) -> str:
+        return f"http://127.0.0.1:{self.panel_port}"
 
     def _start(self) -> subprocess.Popen[str]:
         # Output to a file, not a pipe: nobody reads it while tests run, and
         # a full pipe would block the controller.
         log = (self.env.home / "controller.log").open("a")
         proc = subprocess.Popen(
-            [*CLAWDEN, "serve"], env=self.env.env, stdout=log, stderr=subprocess.STDOUT, text=True
+            [*CLAWDEN, "serve", "--listen", f"127.0.0.1:{self.panel_port}"],
+            env=self.env.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         log.close()
         sock = self.env.home / "run" / "controller.sock"
