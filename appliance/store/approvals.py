@@ -121,6 +121,16 @@ class ApprovalRepository:
             ).fetchone()
         return int(row[0])
 
+    def pending_by_claw(self) -> dict[str, int]:
+        """How many requests wait, per claw, in one query (after expiring
+        the due ones, like every read)."""
+        self._expire_due(self.clock())
+        with locked(self.db):
+            rows = self.db.execute(
+                "SELECT claw, COUNT(*) FROM approvals WHERE status = 'pending' GROUP BY claw"
+            ).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
     def get(self, approval_id: str, claw: str | None = None) -> Approval | None:
         """The request (expired first if it is past due); with ``claw``, only
         if it is that claw's."""

@@ -113,6 +113,17 @@ class MessageRepository:
             ).fetchone()
         return MessageUsage(int(sent), int(size), int(backlog))
 
+    def last_activity_by_claw(self) -> dict[str, str]:
+        """Each claw's newest message time (ISO), in one query. A subquery
+        per claw: SQLite answers each MAX from the end of the (claw,
+        created_at) index, where a GROUP BY would read every message."""
+        with locked(self.db):
+            rows = self.db.execute(
+                "SELECT name, (SELECT MAX(created_at) FROM messages WHERE claw = claws.name)"
+                " FROM claws"
+            ).fetchall()
+        return {str(r[0]): str(r[1]) for r in rows if r[1] is not None}
+
     def count_before(self, claw: str, before: datetime) -> int:
         """How many of ``claw``'s messages were created before ``before``."""
         with locked(self.db):

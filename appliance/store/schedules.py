@@ -134,6 +134,12 @@ class ScheduleRepository:
             )
         return _to_job(rows[0]) if rows else None
 
+    def heartbeats(self) -> dict[str, Job]:
+        """Every claw's heartbeat job, in one query."""
+        with locked(self.db):
+            rows = list(self.db.query("SELECT * FROM schedules WHERE kind = 'heartbeat'"))
+        return {str(row["claw"]): _to_job(row) for row in rows}
+
     def get(self, job_id: int) -> Job | None:
         with locked(self.db):
             rows = list(self.db.query("SELECT * FROM schedules WHERE id = ?", [job_id]))

@@ -189,6 +189,28 @@ class UsageRepository:
             ).fetchone()
         return Totals(int(row[0]), int(row[1]), int(row[2]), float(row[3]))
 
+    def period_totals_by_claw(self, now: datetime) -> dict[str, tuple[Totals, Totals]]:
+        """(today, this month) for every claw that used anything this month,
+        in one query (the dashboard shows them all at once)."""
+        day, month = to_iso(period_start(now, "day")), to_iso(period_start(now, "month"))
+        with locked(self.db):
+            rows = self.db.execute(
+                "SELECT claw,"
+                " SUM(ts >= ?), SUM(CASE WHEN ts >= ? THEN prompt_tokens ELSE 0 END),"
+                " SUM(CASE WHEN ts >= ? THEN completion_tokens ELSE 0 END),"
+                " SUM(CASE WHEN ts >= ? THEN cost_usd ELSE 0.0 END),"
+                " COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd)"
+                " FROM llm_calls WHERE ts >= ? GROUP BY claw",
+                (day, day, day, day, month),
+            ).fetchall()
+        return {
+            str(r[0]): (
+                Totals(int(r[1]), int(r[2]), int(r[3]), float(r[4])),
+                Totals(int(r[5]), int(r[6]), int(r[7]), float(r[8])),
+            )
+            for r in rows
+        }
+
     def period_totals(self, claw: str, now: datetime) -> tuple[Totals, Totals]:
         """(today, this month) for ``claw``, UTC."""
         return (
