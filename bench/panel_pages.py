@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -97,6 +98,13 @@ def _fill(store: Store) -> None:
 
 def measure(requests: int = 200, pages: tuple[str, ...] = PAGES) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="clawden-bench-panel-", dir="/var/tmp"))
+    try:
+        return _measure(workdir, requests, pages)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(workdir: Path, requests: int, pages: tuple[str, ...]) -> dict[str, Any]:
     empty, _ = _home(workdir / "empty", full=False)
     full, store = _home(workdir / "full", full=True)
     results: dict[str, Any] = {
