@@ -5,13 +5,19 @@ tests drive the same app through uvicorn and Chromium)."""
 from __future__ import annotations
 
 import re
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import uvicorn
 from argon2 import PasswordHasher
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from appliance.accounts import totp
@@ -89,6 +95,28 @@ class Harness:
         response = client.post("/login", data=form, headers={"Origin": ORIGIN})
         assert response.status_code == 303, response.text
         return csrf_of(client.get("/").text)
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[str]:
+    """``app`` on uvicorn on a free loopback port, for a real browser;
+    yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def csrf_of(html: str) -> str:
