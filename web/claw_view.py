@@ -140,11 +140,12 @@ def claw_page(panel: Panel, claw: str, is_admin: bool) -> ClawPage:
     store = panel.store
     status = power_status(panel, claw)
     heartbeat = store.schedules.heartbeat(claw)
+    beat_id = None if heartbeat is None else heartbeat.id
     return ClawPage(
         status=status,
         console=panel.claws.console(claw, CONSOLE_LINES) if is_admin else None,
         heartbeat=heartbeat,
-        jobs=tuple(j for j in store.schedules.list(claw) if heartbeat is None or j.id != heartbeat.id),
+        jobs=tuple(j for j in store.schedules.list(claw) if j.id != beat_id),
         skills=tuple(store.skills.list(claw)),
         usage=usage_view(panel, claw, panel.clock()),
         messages=tuple(store.messages.list(claw, limit=MESSAGE_LIMIT)),

@@ -114,7 +114,9 @@ class FakeClawOps:
 
     def _workspace(self, claw: str) -> dict[str, str]:
         if claw not in self.files:
-            raise Unavailable(f"claw {claw!r} has no channel", f"start it: clawden claw start {claw}")
+            raise Unavailable(
+                f"claw {claw!r} has no channel", f"start it: `clawden claw start {claw}`"
+            )
         return self.files[claw]
 
     def list_files(self, claw: str) -> list[WorkspaceFile]:

@@ -45,7 +45,7 @@ MAX_DAILY_NOTES = 60
 
 def check_workspace_file(path: str) -> str:
     """``path`` if it names a file the host may read, else ``InvalidInput``."""
-    if path in TOP_FILES or _DAILY.match(path):
+    if path in TOP_FILES or _DAILY.fullmatch(path):
         return path
     raise InvalidInput(
         f"{printable(repr(path[:80]))} is not a workspace file the panel shows",
@@ -78,7 +78,7 @@ def check_edit_text(path: str, text: str) -> bytes:
 def daily_notes(names: list[str]) -> list[str]:
     """The daily-note paths among the names listed in ``memory/``, newest
     first, at most ``MAX_DAILY_NOTES``; any other name is ignored."""
-    daily = sorted((n for n in names if DAILY_NAME.match(n)), reverse=True)
+    daily = sorted((n for n in names if DAILY_NAME.fullmatch(n)), reverse=True)
     return [f"{MEMORY_DIR}/{n}" for n in daily[:MAX_DAILY_NOTES]]
 
 

@@ -16,7 +16,6 @@ from fastapi.testclient import TestClient
 from appliance.core.model import ClawState
 from appliance.core.schedule import CreatedBy, JobKind
 from appliance.core.workspace_files import MAX_EDIT_BYTES
-from appliance.store.tx import to_iso
 from tests.support.panel import ORIGIN, Harness, csrf_of
 
 POST = {"Origin": ORIGIN}
@@ -287,7 +286,8 @@ def test_schedules_skills_usage_and_messages_are_shown(home: Harness) -> None:
     assert "clawden skill add alice" in html  # install is via the CLI for now
     assert "hello there" in html
     # The chart: 30 bars, today's the tallest (1000 tokens), bob's not counted.
-    bars = re.findall(r'<rect x="\d+" y="(\d+)" width="8" height="(\d+)"><title>([^<]+)</title>', html)
+    bar = r'<rect x="\d+" y="(\d+)" width="8" height="(\d+)"><title>([^<]+)</title>'
+    bars = re.findall(bar, html)
     assert len(bars) == 30
     assert bars[-1] == ("0", "60", "2026-03-01: 1000 tokens, 0.0 USD")
     assert bars[-4][2].startswith("2026-02-26: 50 tokens") and bars[-4][1] == "3"

@@ -29,6 +29,7 @@ from web.templating import page
 
 router = APIRouter(prefix="/claws/{name}")
 
+
 def _claw(request: Request, user: User, name: str) -> tuple[Panel, str]:
     """The panel and ``name`` once ``user`` may see it and it exists."""
     panel = panel_of(request)
