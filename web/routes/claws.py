@@ -17,6 +17,7 @@ from appliance.core.accounts import User
 from appliance.core.errors import NotFound
 from appliance.core.workspace_files import (
     MAX_EDIT_BYTES,
+    FileText,
     check_editable_file,
     check_workspace_file,
 )
@@ -121,6 +122,7 @@ def edit(
     done = edit_workspace_file(
         panel.store.audit, panel.claws.write_file, name, path, text, user.actor
     )
-    content = panel.claws.read_file(name, done.path)
+    # Shown as read back from the claw; should it be gone already, as sent.
+    content = panel.claws.read_file(name, done.path) or FileText(done.path, text, False)
     template = "_claw_file.html" if _htmx(request) else "claw_file.html"
     return page(request, template, {"claw": name, "file": content, "saved": done})
