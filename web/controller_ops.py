@@ -9,13 +9,22 @@ import logging
 import threading
 from collections.abc import Callable
 
+from appliance.channel import workspace_sftp
+from appliance.channel.exec import Transport
+from appliance.controller.console import console_tail
 from appliance.controller.context import Context
 from appliance.controller.daemon import Controller
 from appliance.controller.lifecycle import Lifecycle
-from appliance.core.errors import ClawdenError, Conflict
+from appliance.core.errors import ClawdenError, Conflict, Unavailable
+from appliance.core.model import ClawState
+from appliance.core.workspace_files import FileText, WorkspaceFile
 from web.ports import ChannelInfo, ChatReply, check_power_action
 
 log = logging.getLogger(__name__)
+
+# A page waits this long for a claw's channel: a claw still booting gets a
+# "start the claw" note rather than a request hanging for half a minute.
+FILES_CHANNEL_WAIT = 5.0
 
 
 class ControllerClawOps:
@@ -67,3 +76,20 @@ class ControllerClawOps:
             talk.inbound.id,
             None if talk.outbound is None else talk.outbound.id,
         )
+
+    def console(self, claw: str, lines: int) -> list[str] | None:
+        return console_tail(self._ctx.settings, claw, lines)
+
+    def _transport(self, claw: str) -> Transport:
+        if self._ctx.claws.require(claw).state is not ClawState.RUNNING:
+            raise Unavailable(f"claw {claw!r} is not running", "start the claw to see its files")
+        return self._controller.transport_for(claw, FILES_CHANNEL_WAIT)
+
+    def list_files(self, claw: str) -> list[WorkspaceFile]:
+        return workspace_sftp.list_files(self._transport(claw))
+
+    def read_file(self, claw: str, path: str) -> FileText | None:
+        return workspace_sftp.read_file(self._transport(claw), path)
+
+    def write_file(self, claw: str, path: str, data: bytes) -> None:
+        workspace_sftp.write_file(self._transport(claw), path, data)

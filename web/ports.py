@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.core.errors import InvalidInput
+from appliance.core.errors import InvalidInput, Unavailable
+from appliance.core.workspace_files import (
+    FileText,
+    WorkspaceFile,
+    check_editable_file,
+    check_workspace_file,
+    daily_notes,
+)
 
 POWER_ACTIONS = ("start", "stop", "restart")
 
@@ -53,6 +60,25 @@ class ClawOps(Protocol):
         pieces of it to ``on_text`` as they stream in; both sides stored."""
         ...
 
+    def console(self, claw: str, lines: int) -> list[str] | None:
+        """The last ``lines`` lines of the claw's serial console log (the
+        guest's bytes, untrusted), or None when it has none yet."""
+        ...
+
+    def list_files(self, claw: str) -> list[WorkspaceFile]:
+        """The claw's workspace files the panel shows (``core/workspace_files.py``);
+        raises ``ClawdenError`` (``Unavailable``) when the claw cannot be reached."""
+        ...
+
+    def read_file(self, claw: str, path: str) -> FileText | None:
+        """One workspace file (a path ``check_workspace_file`` accepts), or
+        None when it does not exist."""
+        ...
+
+    def write_file(self, claw: str, path: str, data: bytes) -> None:
+        """Replace an editable workspace file (``check_editable_file``)."""
+        ...
+
 
 @dataclass
 class FakeClawOps:
@@ -63,6 +89,10 @@ class FakeClawOps:
     replies: dict[str, list[str]] = field(default_factory=dict)
     powered: list[tuple[str, str]] = field(default_factory=list)
     said: list[tuple[str, str, str]] = field(default_factory=list)
+    consoles: dict[str, list[str]] = field(default_factory=dict)
+    # claw -> path -> text; a claw absent here cannot be reached (stopped).
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
+    written: list[tuple[str, str, bytes]] = field(default_factory=list)
 
     def channel(self, claw: str) -> ChannelInfo | None:
         return self.channels.get(claw)
@@ -77,3 +107,37 @@ class FakeClawOps:
         for piece in pieces:
             on_text(piece)
         return ChatReply("".join(pieces), None, None)
+
+    def console(self, claw: str, lines: int) -> list[str] | None:
+        log = self.consoles.get(claw)
+        return None if log is None else log[-lines:]
+
+    def _workspace(self, claw: str) -> dict[str, str]:
+        if claw not in self.files:
+            raise Unavailable(
+                f"claw {claw!r} has no channel", f"start it: `clawden claw start {claw}`"
+            )
+        return self.files[claw]
+
+    def list_files(self, claw: str) -> list[WorkspaceFile]:
+        workspace = self._workspace(claw)
+        top = [p for p in workspace if "/" not in p]
+        notes = [p.removeprefix("memory/") for p in workspace if p.startswith("memory/")]
+        shown: list[WorkspaceFile] = []
+        for path in [*top, *daily_notes(notes)]:
+            try:
+                check_workspace_file(path)
+            except InvalidInput:
+                continue  # the real adapter lists only the allowed names too
+            shown.append(WorkspaceFile(path, len(workspace[path].encode()), 0.0))
+        return shown
+
+    def read_file(self, claw: str, path: str) -> FileText | None:
+        path = check_workspace_file(path)
+        text = self._workspace(claw).get(path)
+        return None if text is None else FileText(path, text, False)
+
+    def write_file(self, claw: str, path: str, data: bytes) -> None:
+        path = check_editable_file(path)
+        self._workspace(claw)[path] = data.decode("utf-8")
+        self.written.append((claw, path, data))

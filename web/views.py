@@ -66,7 +66,7 @@ def visible_claws(panel: Panel, user: User) -> list[Claw]:
     return claws if user.is_admin else [c for c in claws if c.name in user.claws]
 
 
-def _budget(used: Totals, tokens_limit: int | None, cost_limit: float | None) -> Budget:
+def budget(used: Totals, tokens_limit: int | None, cost_limit: float | None) -> Budget:
     if cost_limit is not None:
         return Budget(round(used.cost_usd, 4), cost_limit, "USD")
     return Budget(used.tokens, tokens_limit, "tokens")
@@ -111,8 +111,8 @@ def claw_card(panel: Panel, claw: Claw, policy: ClawPolicy, facts: _Facts) -> Cl
         last_activity=datetime.fromisoformat(last) if last else None,
         last_heartbeat=None if heartbeat is None else heartbeat.last_run_at,
         heartbeat_status=None if heartbeat is None else heartbeat.last_status,
-        today=_budget(today, policy.daily_tokens, policy.daily_cost_usd),
-        month=_budget(month, policy.monthly_tokens, policy.monthly_cost_usd),
+        today=budget(today, policy.daily_tokens, policy.daily_cost_usd),
+        month=budget(month, policy.monthly_tokens, policy.monthly_cost_usd),
         pending_approvals=facts.pending.get(claw.name, 0),
         alerts=tuple(alerts),
     )

@@ -14,7 +14,7 @@ from appliance.cli import skills
 from appliance.cli.output import Subparsers, progress, terminal_writer
 from appliance.config import Settings
 from appliance.controller import rpc
-from appliance.controller.guestfiles import ClawFiles
+from appliance.controller.console import console_tail
 from appliance.controller.lifecycle import Lifecycle
 from appliance.core.errors import ClawdenError, InvalidInput, Unavailable
 from appliance.core.messages import parse_cutoff
@@ -337,14 +337,11 @@ def claw_console(args: argparse.Namespace) -> int:
     name = validate_claw_name(args.name)
     ctx = build_context()
     ctx.claws.require(name)
-    log = ClawFiles.for_claw(ctx.settings, name).console_log
-    if not log.exists():
+    lines = console_tail(ctx.settings, name, max(args.lines, 0))
+    if lines is None:
         raise ClawdenError(
             f"claw {name!r} has no console log yet", f"start it: `clawden claw start {name}`"
         )
-    lines = log.read_bytes().decode("utf-8", "replace").splitlines()
-    if args.lines > 0:
-        lines = lines[-args.lines :]
     for line in lines:
         print(printable(line))
     return 0

@@ -211,6 +211,18 @@ class UsageRepository:
             for r in rows
         }
 
+    def per_day(self, claw: str, since: datetime) -> dict[str, Totals]:
+        """``claw``'s use per UTC day ("2026-03-01") from ``since`` on; days
+        without a call are absent."""
+        with locked(self.db):
+            rows = self.db.execute(
+                "SELECT substr(ts, 1, 10), COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
+                " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0)"
+                " FROM llm_calls WHERE claw = ? AND ts >= ? GROUP BY 1 ORDER BY 1",
+                (claw, to_iso(since)),
+            ).fetchall()
+        return {r[0]: Totals(int(r[1]), int(r[2]), int(r[3]), float(r[4])) for r in rows}
+
     def period_totals(self, claw: str, now: datetime) -> tuple[Totals, Totals]:
         """(today, this month) for ``claw``, UTC."""
         return (

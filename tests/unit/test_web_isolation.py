@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlencode
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -44,15 +45,15 @@ def _seed(panel: Harness) -> dict[str, str]:
     }
 
 
-def _routes(app: FastAPI) -> list[tuple[str, str]]:
+def _routes(app: FastAPI) -> list[tuple[str, str, list[str]]]:
     """Every (method, path) of the route table, as the OpenAPI schema lists
     it (FastAPI's public view of it; no route is left out of the schema)."""
     for source in (Path(__file__).parents[2] / "web").rglob("*.py"):
         assert "include_in_schema=False" not in source.read_text(), source
     return [
-        (method.upper(), path)
+        (method.upper(), path, [p["name"] for p in op.get("parameters", []) if p["in"] == "query"])
         for path, operations in app.openapi()["paths"].items()
-        for method in operations
+        for method, op in operations.items()
     ]
 
 
@@ -60,11 +61,13 @@ def test_every_route_refuses_another_members_claw(panel: Harness) -> None:
     values = _seed(panel)
     app = create_app(panel.panel)
     checked = 0
-    for method, template in _routes(app):
-        params = re.findall(r"{(\w+)(?::\w+)?}", template)
+    for method, template, query in _routes(app):
+        params = re.findall(r"{(\w+)(?::\w+)?}", template) + query
         unknown = [p for p in params if p not in values]
         assert not unknown, f"{method} {template}: give the isolation test a value for {unknown}"
         path = re.sub(r"{(\w+)(?::\w+)?}", lambda m: values[m.group(1)], template)
+        if query:
+            path += "?" + urlencode({name: values[name] for name in query})
         client = TestClient(app, base_url=ORIGIN, follow_redirects=False)
         panel.login(client, "kid")
         csrf = csrf_of(client.get("/").text)
@@ -72,7 +75,9 @@ def test_every_route_refuses_another_members_claw(panel: Harness) -> None:
         if method == "GET":
             response = client.get(path, headers=headers)
         else:
-            form = {"csrf": csrf, "text": "hi", "code": "000000", "action": "start"}
+            # Every field a form might want, aimed at bob's things.
+            form = {**values, "csrf": csrf, "text": "hi", "code": "000000", "action": "start"}
+            form.update(password="x" * 12, password_again="x" * 12, sha256="0" * 64)
             response = client.request(method, path, data=form, headers=headers)
         where = f"{method} {path} as a member"
         assert response.status_code < 500, f"{where}: {response.status_code}"
