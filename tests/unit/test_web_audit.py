@@ -111,9 +111,7 @@ def test_a_tampered_row_shows_the_chain_broken(panel: Harness) -> None:
     assert re.search(r"<li>[^<]*\b1\b[^<]*</li>", html)  # the problem names the row
 
 
-def test_a_big_log_is_verified_on_request(
-    panel: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_big_log_is_verified_on_request(panel: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(audit_check, "AUTO_VERIFY_ROWS", 0)
     client, csrf = _admin(panel)
     page = client.get("/audit").text

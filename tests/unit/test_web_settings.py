@@ -176,7 +176,10 @@ def test_bad_budget_input_changes_nothing(
 
 def test_test_connection_against_the_scripted_server(panel: Harness) -> None:
     client, csrf = _admin(panel)
-    scenario = {"steps": [{"reply": {"content": "hi"}}], "models": ["gpt-4o-mini", "\u202egpt-evil"]}
+    scenario = {
+        "steps": [{"reply": {"content": "hi"}}],
+        "models": ["gpt-4o-mini", "\u202egpt-evil"],
+    }
     with ScriptedModelServer(scenario, api_key=KEY) as upstream:
         _provider(client, csrf, base_url=upstream.base_url, api_key=KEY)
         page = client.post("/settings/test", data={"csrf": csrf}, headers=POST).text
