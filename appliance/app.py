@@ -15,6 +15,7 @@ from logging.handlers import RotatingFileHandler
 
 from appliance.channel.forwarding import ServiceRegistry
 from appliance.channel.logbudget import ClawLogBudget
+from appliance.channel.logring import WarningRing
 from appliance.config import Settings
 from appliance.controller.context import AcceleratorPicker, Context
 from appliance.core.ports import AcceleratorChoice, Hypervisor
@@ -93,10 +94,14 @@ CONTROLLER_LOG_BACKUPS = 5
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def controller_logging(settings: Settings, root: logging.Logger | None = None) -> ClawLogBudget:
+def controller_logging(
+    settings: Settings, root: logging.Logger | None = None, ring: WarningRing | None = None
+) -> ClawLogBudget:
     """The controller's log: stderr (as every command has) plus a rotating file
     under ``settings.logs_dir``, both behind one per-claw budget, so a claw
-    that makes the host log can neither fill its disk nor bury other lines."""
+    that makes the host log can neither fill its disk nor bury other lines;
+    and ``ring``, the recent warnings the panel's dashboard shows, behind
+    the same budget."""
     root = root or logging.getLogger()
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.chmod(0o700)
@@ -110,6 +115,8 @@ def controller_logging(settings: Settings, root: logging.Logger | None = None) -
     )
     to_file.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(to_file)
+    if ring is not None:
+        root.addHandler(ring)
     budget = ClawLogBudget()
     for handler in root.handlers:
         handler.addFilter(budget)

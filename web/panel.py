@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
@@ -11,7 +12,16 @@ from fastapi import Request
 from appliance.accounts.service import Accounts
 from appliance.core.approvals import Clock, utc_clock
 from appliance.store import Store
+from web.audit_check import AuditCheck
 from web.ports import ClawOps
+
+# The controller's recent WARNING+ log lines, newest first (in ``clawden
+# serve``: ``WarningRing.recent``); hostile text, shown escaped.
+RecentWarnings = Callable[[], list[str]]
+
+
+def no_warnings() -> list[str]:
+    return []
 
 
 @dataclass
@@ -26,6 +36,10 @@ class Panel:
     # Served over TLS: cookies get ``Secure`` and Origin checks expect https.
     secure: bool = False
     clock: Clock = utc_clock
+    recent_warnings: RecentWarnings = no_warnings
+    # The audit chain's last verification (a full check of 100k rows takes
+    # seconds, so the page shows this and re-checks on request).
+    audit_check: AuditCheck = field(default_factory=AuditCheck)
 
 
 def panel_of(request: Request) -> Panel:

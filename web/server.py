@@ -29,7 +29,7 @@ from appliance.core.errors import InvalidInput, Unavailable
 from appliance.store import Store
 from web import setup_link
 from web.app import DEFAULT_HOSTS, create_app
-from web.panel import Panel
+from web.panel import Panel, RecentWarnings, no_warnings
 from web.ports import ClawOps
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,14 @@ def self_signed(home: Path, host: str) -> tuple[Path, Path]:
 class PanelServer:
     """uvicorn on a daemon thread; ``stop`` asks it to finish."""
 
-    def __init__(self, store: Store, home: Path, claws: ClawOps, listen: Listen) -> None:
+    def __init__(
+        self,
+        store: Store,
+        home: Path,
+        claws: ClawOps,
+        listen: Listen,
+        recent_warnings: RecentWarnings = no_warnings,
+    ) -> None:
         cert, key = listen.cert, listen.key
         if listen.tls and cert is None:
             cert, key = self_signed(home, listen.host)
@@ -143,6 +150,7 @@ class PanelServer:
             home=home,
             csrf_key=csrf_key(home),
             secure=listen.tls,
+            recent_warnings=recent_warnings,
         )
         hosts = {*DEFAULT_HOSTS, listen.host, f"[{listen.host}]"}
         self.app = create_app(panel, allowed_hosts=hosts)

@@ -59,6 +59,10 @@ class Dashboard:
     cards: tuple[ClawCard, ...]
     host: HostStats
     config_error: str | None
+    # First run: no model provider yet (the admin gets a banner to Settings).
+    needs_provider: bool = False
+    # The controller's recent warnings, admin only: hostile text.
+    warnings: tuple[str, ...] = ()
 
 
 def visible_claws(panel: Panel, user: User) -> list[Claw]:
@@ -149,4 +153,11 @@ def dashboard_view(panel: Panel, user: User) -> Dashboard:
         claw_card(panel, c, config.policy_for(c.name) if config else ClawPolicy(), facts)
         for c in claws
     )
-    return Dashboard(cards, host_stats(panel), config_error)
+    admin = user.is_admin
+    return Dashboard(
+        cards,
+        host_stats(panel),
+        config_error,
+        needs_provider=config is not None and config.upstream is None,
+        warnings=tuple(panel.recent_warnings()) if admin else (),
+    )

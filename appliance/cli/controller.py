@@ -11,6 +11,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from appliance.app import build_context, controller_logging, service_registry
+from appliance.channel.logring import WarningRing
 from appliance.cli.output import Subparsers, progress
 from appliance.controller.reconcile import reconcile
 from appliance.core.errors import InvalidInput
@@ -49,7 +50,8 @@ def serve(args: argparse.Namespace) -> int:
     # One context for the controller and its services: the host API serves
     # claws from the same store connection the controller uses.
     ctx = build_context(actor="controller")
-    log_budget = controller_logging(ctx.settings)
+    warnings = WarningRing()
+    log_budget = controller_logging(ctx.settings, ring=warnings)
     # Quota refusals are counted in memory, never stored: the host API and
     # the scheduler count them, the controller reports them to `claw status`.
     refusals = Refusals()
@@ -57,7 +59,7 @@ def serve(args: argparse.Namespace) -> int:
         lambda: ctx, service_registry(ctx.settings, ctx.store, refusals), refusals=refusals
     )
 
-    panel = None if args.no_panel else _panel(args, ctx, controller)
+    panel = None if args.no_panel else _panel(args, ctx, controller, warnings)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         controller.stop()
@@ -81,7 +83,9 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _panel(args: argparse.Namespace, ctx: Context, controller: Controller) -> PanelServer:
+def _panel(
+    args: argparse.Namespace, ctx: Context, controller: Controller, warnings: WarningRing
+) -> PanelServer:
     from web.controller_ops import ControllerClawOps
     from web.server import PanelServer, parse_listen
 
@@ -90,7 +94,13 @@ def _panel(args: argparse.Namespace, ctx: Context, controller: Controller) -> Pa
         raise InvalidInput("--tls-cert and --tls-key go together", "give both, or neither")
     if args.tls_cert is not None:
         listen = dataclasses.replace(listen, cert=Path(args.tls_cert), key=Path(args.tls_key))
-    return PanelServer(ctx.store, ctx.settings.home, ControllerClawOps(controller, ctx), listen)
+    return PanelServer(
+        ctx.store,
+        ctx.settings.home,
+        ControllerClawOps(controller, ctx),
+        listen,
+        recent_warnings=warnings.recent,
+    )
 
 
 def do_reconcile(args: argparse.Namespace) -> int:

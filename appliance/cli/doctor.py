@@ -13,6 +13,7 @@ from appliance.config import Settings
 from appliance.controller import rpc
 from appliance.core.errors import ClawdenError, Unavailable
 from appliance.image import latest_image, verify_image
+from appliance.llm.config import load_llm_config, safe_url
 
 MIN_FREE_GIB = 5
 TOOLS = {
@@ -104,6 +105,19 @@ def _controller(settings: Settings) -> Check:
     return Check("controller", True, f"running (pid {reply.get('pid')})")
 
 
+def _llm_provider(settings: Settings) -> Check:
+    """A warning, not a failure: claws run without one, they just cannot
+    think (the gateway tells them why)."""
+    fix = "the admin sets the model provider in the panel's Settings, or in llm.toml (docs/llm.md)"
+    try:
+        upstream = load_llm_config(settings.home).upstream
+    except ClawdenError as exc:
+        return Check("model provider", False, exc.what, exc.fix, blocking=False)
+    if upstream is None:
+        return Check("model provider", False, "none configured", fix, blocking=False)
+    return Check("model provider", True, f"{upstream.name}: {safe_url(upstream.base_url)}")
+
+
 def run_doctor(settings: Settings, say: Callable[[str], None]) -> int:
     checks = [_libvirt(settings), *_tools(), _disk(settings)]
     image, accel = _image(settings)
@@ -111,6 +125,7 @@ def run_doctor(settings: Settings, say: Callable[[str], None]) -> int:
     if accel is not None:
         checks.append(accel)
     checks.append(_controller(settings))
+    checks.append(_llm_provider(settings))
     failed = 0
     for c in checks:
         mark = "ok  " if c.ok else ("FAIL" if c.blocking else "note")

@@ -94,9 +94,24 @@ class LlmConfig:
 
 
 def load_llm_config(home: Path, env: Mapping[str, str] | None = None) -> LlmConfig:
-    env = os.environ if env is None else env
     path = home / CONFIG_NAME
-    data = _read_toml(path) if path.exists() else {}
+    return config_from_data(path, _read_toml(path) if path.exists() else {}, env)
+
+
+def read_llm_toml(home: Path) -> dict[str, Any]:
+    """``llm.toml`` as parsed TOML (``{}`` when there is none), with the
+    0600 check for a file holding a key; for editors of the file."""
+    path = home / CONFIG_NAME
+    return _read_toml(path) if path.exists() else {}
+
+
+def config_from_data(
+    path: Path, data: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> LlmConfig:
+    """The configuration parsed ``llm.toml`` contents describe (``path``
+    only names the file in messages): every check ``load_llm_config`` makes,
+    so an editor can validate a change before writing it."""
+    env = os.environ if env is None else env
     source = str(path) if data else "environment"
     upstream = _upstream_from_file(path, data, env) or _upstream_from_env(env)
     prices = {
@@ -173,7 +188,7 @@ def _table(path: Path, data: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 def _upstream_from_file(
-    path: Path, data: dict[str, Any], env: Mapping[str, str]
+    path: Path, data: Mapping[str, Any], env: Mapping[str, str]
 ) -> Upstream | None:
     providers = _table(path, data, "providers")
     if not providers:

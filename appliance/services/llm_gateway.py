@@ -292,7 +292,8 @@ class LlmGateway:
         if config.upstream is None:
             return error_response(
                 503,
-                "no LLM upstream is configured on the host",
+                "no model provider is configured on the host yet: the admin sets the model "
+                "provider in the panel's Settings or in llm.toml",
                 "server_error",
                 "gateway_misconfigured",
             )

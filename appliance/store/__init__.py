@@ -17,7 +17,7 @@ from sqlite_utils import Database
 
 from appliance.core.approvals import Clock, utc_clock
 from appliance.store.approvals import ApprovalRepository
-from appliance.store.audit import AuditEntry, AuditLog, AuditVerification
+from appliance.store.audit import AuditEntry, AuditLog, AuditQuery, AuditVerification
 from appliance.store.claws import ClawRepository
 from appliance.store.db import SchemaTooNew, migrate, open_db
 from appliance.store.keys import GUEST_HOST, HOST_CLIENT, KeyRepository, StoredKey
@@ -97,6 +97,7 @@ __all__ = [
     "ApprovalRepository",
     "AuditEntry",
     "AuditLog",
+    "AuditQuery",
     "AuditVerification",
     "ClawRepository",
     "KeyRepository",

@@ -54,6 +54,20 @@ class AuditVerification:
 
 
 @dataclass(frozen=True)
+class AuditQuery:
+    """Which entries to list (every field optional): exact actor and target,
+    actions starting with ``action_prefix``, ``since`` ≤ ts < ``until`` (ISO
+    text, compared as the stored UTC timestamps), seq below ``before_seq``."""
+
+    actor: str | None = None
+    action_prefix: str | None = None
+    target: str | None = None
+    since: str | None = None
+    until: str | None = None
+    before_seq: int | None = None
+
+
+@dataclass(frozen=True)
 class _Head:
     count: int
     hash: str
@@ -134,6 +148,43 @@ class AuditLog:
                 [since_seq, -1 if limit is None else limit],
             )
             return [_to_entry(row) for row in rows]
+
+    def search(self, query: AuditQuery, limit: int = 100) -> list[AuditEntry]:
+        """Entries matching ``query``, newest first, at most ``limit``.
+
+        Walks the primary key downwards and stops at ``limit`` matches, so a
+        page of a 100k-row log costs a few milliseconds unless the filters
+        match almost nothing."""
+        where: list[str] = ["1"]
+        args: list[str | int] = []
+        for column, value in (("actor", query.actor), ("target", query.target)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.action_prefix:
+            # substr, not LIKE: LIKE is case-insensitive and treats _ and % as wildcards.
+            where.append("substr(action, 1, ?) = ?")
+            args += [len(query.action_prefix), query.action_prefix]
+        if query.since:
+            where.append("ts >= ?")
+            args.append(query.since)
+        if query.until:
+            where.append("ts < ?")
+            args.append(query.until)
+        if query.before_seq is not None:
+            where.append("seq < ?")
+            args.append(query.before_seq)
+        with locked(self.db):
+            rows = self.db.query(
+                f"SELECT * FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",  # noqa: S608
+                [*args, limit],
+            )
+            return [_to_entry(row) for row in rows]
+
+    def last_seq(self) -> int:
+        with locked(self.db):
+            tail = self._tail()
+        return 0 if tail is None else tail.count
 
     def verify(self) -> AuditVerification:
         """Check the whole chain (and the head file, if there is one).

@@ -162,3 +162,33 @@ def test_serve_logs_to_a_rotating_file_under_the_home(
     finally:
         for handler in root.handlers:
             handler.close()
+
+
+def test_recent_warnings_keep_the_newest_and_a_few_per_claw(tmp_path: Path) -> None:
+    from appliance.channel.logring import WarningRing
+
+    settings = Settings(home=tmp_path / "home", libvirt_uri="test:///default")
+    root = logging.Logger("test.ring", logging.INFO)
+    ring = WarningRing(capacity=5, per_claw=2)
+    budget = app.controller_logging(settings, root, ring=ring)
+    try:
+        assert ring in root.handlers and budget in ring.filters
+        root.info("not a warning")
+        root.warning("controller %d", 1)
+        with serving_claw("alice"):
+            for n in range(4):
+                root.warning("alice %d", n)
+        root.error("controller %d", 2)
+        lines = ring.recent()
+        assert [line.split(": ", 1)[1] for line in lines] == [
+            "controller 2", "alice 3", "alice 2", "controller 1"
+        ]  # fmt: skip
+        assert " ERROR test.ring: " in lines[0]
+        for n in range(3, 9):
+            root.warning("controller %d", n)
+        assert [line.split(": ", 1)[1] for line in ring.recent()] == [
+            f"controller {n}" for n in range(8, 3, -1)
+        ]
+    finally:
+        for handler in root.handlers:
+            handler.close()

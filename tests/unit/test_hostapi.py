@@ -279,7 +279,10 @@ def test_the_registry_serves_all_three_ports_and_the_gateway_explains_no_upstrea
         with info.value as resp:
             assert resp.code == 503
             error = json.loads(resp.read())["error"]
-        assert error["message"] == "no LLM upstream is configured on the host"
+        assert error["message"] == (
+            "no model provider is configured on the host yet: the admin sets the model "
+            "provider in the panel's Settings or in llm.toml"
+        )
         assert error["code"] == "gateway_misconfigured" and error["type"] == "server_error"
     finally:
         transport.close()

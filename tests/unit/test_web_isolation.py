@@ -51,7 +51,15 @@ def _routes(app: FastAPI) -> list[tuple[str, str, list[str]]]:
     for source in (Path(__file__).parents[2] / "web").rglob("*.py"):
         assert "include_in_schema=False" not in source.read_text(), source
     return [
-        (method.upper(), path, [p["name"] for p in op.get("parameters", []) if p["in"] == "query"])
+        (
+            method.upper(),
+            path,
+            [
+                p["name"]
+                for p in op.get("parameters", [])
+                if p["in"] == "query" and p.get("required")
+            ],
+        )
         for path, operations in app.openapi()["paths"].items()
         for method, op in operations.items()
     ]
