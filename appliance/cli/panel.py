@@ -5,7 +5,8 @@ link that creates the first admin.
 a service its stdout is the journal — a log, readable by more than root — so
 there it makes none, and the operator asks for one here instead. Each call
 makes a new link (the one before stops working); once an admin exists there
-is nothing to set up, and the command says so.
+is nothing to set up, and it prints where to sign in (so scripts/up.sh can
+call it on every run).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 
 from appliance.app import load_settings, open_store
 from appliance.cli.output import Subparsers
-from appliance.core.errors import Conflict
 
 DEFAULT_URL = "http://127.0.0.1:7780"
 
@@ -45,13 +45,11 @@ def setup_link(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     url = panel_url(settings.run_dir)
-    if open_store(settings).users.admin_count() > 0:
-        raise Conflict(
-            "the panel has an admin already: there is nothing to set up",
-            f"sign in at {url}/login (a lost password: `clawden user passwd NAME`)",
-        )
-    token = links.mint(settings.home)
     print(f"panel: {url}/")
+    if open_store(settings).users.admin_count() > 0:
+        print(f"an admin exists: sign in at {url}/login (lost password: `clawden user passwd`)")
+        return 0
+    token = links.mint(settings.home)
     print(f"create the admin at {url}/setup/{token}")
     print("(it works once; running this again makes a new one and ends this one)")
     return 0
