@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
@@ -81,7 +82,7 @@ def serve(args: argparse.Namespace) -> int:
     if panel is not None:
         # Printed, never logged: the setup link is a secret. Under systemd
         # stdout is the journal, a log, so no link is made there at all.
-        for line in panel.start(show_setup_link=not journal_stream(sys.stdout)):
+        for line in panel.start(show_setup_link=not _stdout_is_a_log()):
             print(line, flush=True)
         # Where the panel answers, for `clawden doctor` and `clawden panel
         # setup-link` (not a secret; gone when the controller stops).
@@ -94,6 +95,15 @@ def serve(args: argparse.Namespace) -> int:
             panel.stop()
     log_budget.flush()
     return 0
+
+
+def _stdout_is_a_log() -> bool:
+    """Under a systemd service (``JOURNAL_STREAM`` set) stdout is the journal
+    unless it is a terminal: systemd may name only stderr's stream, so the
+    variable's presence is enough to keep a secret off stdout."""
+    if journal_stream(sys.stdout):
+        return True
+    return "JOURNAL_STREAM" in os.environ and not sys.stdout.isatty()
 
 
 def panel_url_file(run_dir: Path) -> Path:

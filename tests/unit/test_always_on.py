@@ -208,3 +208,13 @@ def test_doctor_service_check(tmp_path: Path) -> None:
     check = doctor._service(systemd, lambda unit: "disabled")
     assert not check.ok and not check.blocking
     assert "disabled" in check.detail and "clawden host provision" in check.fix
+
+
+def test_serve_treats_stdout_under_a_service_as_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.cli import controller
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    assert not controller._stdout_is_a_log()  # a terminal or a file: the link is printed
+    # systemd may name only stderr's stream: its presence is enough.
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    assert controller._stdout_is_a_log()
