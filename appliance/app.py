@@ -10,8 +10,11 @@ controller's log handlers.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from logging.handlers import RotatingFileHandler
+from typing import TextIO
 
 from appliance.channel.forwarding import ServiceRegistry
 from appliance.channel.logbudget import ClawLogBudget
@@ -91,22 +94,76 @@ def service_registry(
 # `clawden serve` logs to CLAWDEN_HOME/logs/controller.log (and .1 … .5).
 CONTROLLER_LOG_BYTES = 10 * 1024 * 1024
 CONTROLLER_LOG_BACKUPS = 5
+# INFO: a claw's channel coming up, each model call, each refusal — what an
+# operator needs to tell what happened after the fact, at a few lines a minute.
+CONTROLLER_LOG_LEVEL = logging.INFO
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The journal stamps every line itself; a "<N>" prefix sets its priority, so
+# `journalctl -u clawden -p warning` works (sd-daemon(3), SyslogLevelPrefix).
+JOURNAL_FORMAT = "%(name)s: %(message)s"
+# What the controller tells its operator (stdout) goes into the file too.
+SAID = logging.getLogger("appliance.controller.said")
+
+
+def journal_stream(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``stream`` is connected to the systemd journal: systemd sets
+    ``JOURNAL_STREAM`` to the ``device:inode`` of the stream it connected,
+    which a redirect in between (say, to a file) no longer matches."""
+    wanted = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(wanted) and wanted == f"{st.st_dev}:{st.st_ino}"
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>name: message``: syslog priorities from logging levels."""
+
+    def __init__(self) -> None:
+        super().__init__(JOURNAL_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.CRITICAL:
+            priority = 2
+        elif record.levelno >= logging.ERROR:
+            priority = 3
+        elif record.levelno >= logging.WARNING:
+            priority = 4
+        elif record.levelno >= logging.INFO:
+            priority = 6
+        else:
+            priority = 7
+        # Every line of a traceback gets the prefix: journald reads each
+        # line as an entry of its own.
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
 
 
 def controller_logging(
-    settings: Settings, root: logging.Logger | None = None, ring: WarningRing | None = None
+    settings: Settings,
+    root: logging.Logger | None = None,
+    stderr: TextIO | None = None,
+    env: Mapping[str, str] | None = None,
+    ring: WarningRing | None = None,
 ) -> ClawLogBudget:
-    """The controller's log: stderr (as every command has) plus a rotating file
-    under ``settings.logs_dir``, both behind one per-claw budget, so a claw
-    that makes the host log can neither fill its disk nor bury other lines;
-    and ``ring``, the recent warnings the panel's dashboard shows, behind
-    the same budget."""
+    """The controller's log at INFO: stderr (as every command has; the
+    journal where systemd runs it, with priorities) plus a rotating file
+    under ``settings.logs_dir``, all behind one per-claw budget, so a claw
+    that makes the host log can neither fill its disk nor bury other lines.
+    ``SAID`` (what ``controller_say`` printed) goes to the file alone: stdout
+    already carried it to the terminal or the journal. ``ring`` holds the
+    recent warnings the panel's dashboard shows, behind the same budget."""
     root = root or logging.getLogger()
+    stderr = stderr or sys.stderr
+    root.setLevel(CONTROLLER_LOG_LEVEL)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.chmod(0o700)
     if not any(type(h) is logging.StreamHandler for h in root.handlers):
-        root.addHandler(logging.StreamHandler(sys.stderr))
+        root.addHandler(logging.StreamHandler(stderr))
+    if journal_stream(stderr, env):
+        for handler in root.handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.setFormatter(JournalFormatter())
     to_file = RotatingFileHandler(
         settings.controller_log,
         maxBytes=CONTROLLER_LOG_BYTES,
@@ -120,4 +177,15 @@ def controller_logging(
     budget = ClawLogBudget()
     for handler in root.handlers:
         handler.addFilter(budget)
+    SAID.setLevel(logging.INFO)
+    SAID.propagate = False
+    SAID.handlers = [to_file]
     return budget
+
+
+def controller_say(line: str) -> None:
+    """What ``clawden serve`` tells its operator ("controller ready", what the
+    first reconcile did, a claw's channel failing): stdout, and the log file.
+    Never for secrets (the setup link): the file and the journal are logs."""
+    print(line, flush=True)
+    SAID.info(line)

@@ -177,9 +177,11 @@ class PanelServer:
             # sees the thread gone and says so.
             pass
 
-    def start(self, wait_s: float = 10.0) -> list[str]:
+    def start(self, wait_s: float = 10.0, show_setup_link: bool = True) -> list[str]:
         """Start serving; returns the lines to show the operator (never to
-        a log: the setup link is a secret until it is used)."""
+        a log: the setup link is a secret until it is used). Without
+        ``show_setup_link`` (stdout is the journal, a log) no link is made, and
+        the lines say how to get one."""
         self._thread.start()
         deadline = time.monotonic() + wait_s
         while not self._server.started:
@@ -191,10 +193,13 @@ class PanelServer:
                 )
             time.sleep(0.05)
         lines = [f"panel: {self.listen.url}/"]
-        if self._store.users.admin_count() == 0:
+        if self._store.users.admin_count() == 0 and not show_setup_link:
+            lines.append("first run: no admin yet; `sudo clawden panel setup-link` prints")
+            lines.append("the one-time link that creates one")
+        elif self._store.users.admin_count() == 0:
             token = setup_link.mint(self._home)
             lines.append(f"first run: create the admin at {self.listen.url}/setup/{token}")
-            lines.append("(the link works once; it is printed only here)")
+            lines.append("(it works once; `clawden panel setup-link` makes a new one)")
         return lines
 
     def stop(self, timeout: float = 5.0) -> None:

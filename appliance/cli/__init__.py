@@ -2,7 +2,7 @@
 
 One module per command group (``claws``, ``images``, ``schedules``,
 ``skills`` — with ``claw import`` —, ``approvals``, ``users``, ``audit``, ``llm``,
-``host``, ``doctor``, ``controller``): each registers its parsers and points
+``host``, ``doctor``, ``controller``, ``panel``): each registers its parsers and points
 every leaf at its handler with ``set_defaults(handler=…)``.
 
 Every failure a user can cause or meet prints exactly one line, ``error: what —
@@ -28,6 +28,7 @@ from appliance.cli import (
     host,
     images,
     llm,
+    panel,
     schedules,
     skills,
     users,
@@ -46,6 +47,7 @@ GROUPS = (
     skills,
     approvals,
     users,
+    panel,
     llm,
     audit,
 )

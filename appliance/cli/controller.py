@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from appliance.app import build_context, controller_logging, service_registry
+from appliance.app import (
+    build_context,
+    controller_logging,
+    controller_say,
+    journal_stream,
+    service_registry,
+)
 from appliance.channel.logring import WarningRing
 from appliance.cli.output import Subparsers, progress
 from appliance.controller.reconcile import reconcile
@@ -56,7 +63,10 @@ def serve(args: argparse.Namespace) -> int:
     # the scheduler count them, the controller reports them to `claw status`.
     refusals = Refusals()
     controller = Controller(
-        lambda: ctx, service_registry(ctx.settings, ctx.store, refusals), refusals=refusals
+        lambda: ctx,
+        service_registry(ctx.settings, ctx.store, refusals),
+        say=controller_say,
+        refusals=refusals,
     )
 
     panel = None if args.no_panel else _panel(args, ctx, controller, warnings)
@@ -72,15 +82,34 @@ def serve(args: argparse.Namespace) -> int:
     # handle, never a reason for the process to die.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     if panel is not None:
-        for line in panel.start():
+        # Printed, never logged: the setup link is a secret. Under systemd
+        # stdout is the journal, a log, so no link is made there at all.
+        for line in panel.start(show_setup_link=not _stdout_is_a_log()):
             print(line, flush=True)
+        # Where the panel answers, for `clawden doctor` and `clawden panel
+        # setup-link` (not a secret; gone when the controller stops).
+        panel_url_file(ctx.settings.run_dir).write_text(panel.listen.url + "\n")
     try:
         controller.run()
     finally:
         if panel is not None:
+            panel_url_file(ctx.settings.run_dir).unlink(missing_ok=True)
             panel.stop()
     log_budget.flush()
     return 0
+
+
+def _stdout_is_a_log() -> bool:
+    """Under a systemd service (``JOURNAL_STREAM`` set) stdout is the journal
+    unless it is a terminal: systemd may name only stderr's stream, so the
+    variable's presence is enough to keep a secret off stdout."""
+    if journal_stream(sys.stdout):
+        return True
+    return "JOURNAL_STREAM" in os.environ and not sys.stdout.isatty()
+
+
+def panel_url_file(run_dir: Path) -> Path:
+    return run_dir / "panel.url"
 
 
 def _panel(

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
 
 from appliance import app
 from appliance.cli.output import Subparsers
+from appliance.cli.panel import panel_url
 from appliance.config import Settings
 from appliance.controller import rpc
 from appliance.core.errors import ClawdenError, Unavailable
@@ -16,6 +21,9 @@ from appliance.image import latest_image, verify_image
 from appliance.llm.config import load_llm_config, safe_url
 
 MIN_FREE_GIB = 5
+SERVICE = "clawden.service"
+# sd_booted(3): systemd runs this machine when this directory exists.
+SYSTEMD_RUN = Path("/run/systemd/system")
 TOOLS = {
     "qemu-img": "qemu-utils",
     "mkfs.ext4": "e2fsprogs",
@@ -118,13 +126,77 @@ def _llm_provider(settings: Settings) -> Check:
     return Check("model provider", True, f"{upstream.name}: {safe_url(upstream.base_url)}")
 
 
+def _panel(settings: Settings) -> Check:
+    """The panel answers with our own CSP: not some other program on the port.
+    Asked only when the controller runs (the panel lives in it)."""
+    from web.security import CSP
+
+    url = panel_url(settings.run_dir)
+    fix = "check the controller's log (`journalctl -u clawden`, or CLAWDEN_HOME/logs)"
+    if not (settings.run_dir / "panel.url").exists():
+        fix = "it was started with --no-panel, or is older than the panel: restart it"
+    try:
+        # A local probe, nothing secret sent: a self-signed certificate is fine.
+        reply = httpx.get(f"{url}/login", timeout=5, verify=False)  # noqa: S501
+    except httpx.HTTPError as exc:
+        return Check("panel", False, f"{url} does not answer ({type(exc).__name__})", fix, False)
+    if reply.status_code != 200 or reply.headers.get("content-security-policy") != CSP:
+        detail = f"{url}/login answered {reply.status_code} without clawden's CSP"
+        return Check("panel", False, detail, "is another program on that port?", False)
+    return Check("panel", True, f"{url}/ answers")
+
+
+def _service(
+    systemd_run: Path = SYSTEMD_RUN,
+    systemctl: Callable[[str], str] | None = None,
+) -> Check:
+    """Under systemd, clawden.service starts the controller at boot; where
+    systemd does not run, nothing does, and the operator must know."""
+    if not systemd_run.is_dir():
+        return Check(
+            "service",
+            True,
+            "systemd is not running here, so nothing starts clawden at boot:"
+            " after a reboot run `bash scripts/up.sh`",
+        )
+    state = (systemctl or _is_enabled)(SERVICE)
+    if state == "enabled":
+        return Check("service", True, f"{SERVICE} enabled (starts at boot)")
+    return Check(
+        "service",
+        False,
+        f"{SERVICE} is {state or 'unknown'}: claws will not come back after a reboot",
+        "run `clawden host provision` (installs and enables it)",
+        blocking=False,
+    )
+
+
+def _is_enabled(unit: str) -> str:
+    try:
+        done = subprocess.run(
+            ["systemctl", "is-enabled", unit],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    # "not-found" when no such unit, "disabled", "masked", …
+    return done.stdout.strip() or "not-found"
+
+
 def run_doctor(settings: Settings, say: Callable[[str], None]) -> int:
     checks = [_libvirt(settings), *_tools(), _disk(settings)]
     image, accel = _image(settings)
     checks.append(image)
     if accel is not None:
         checks.append(accel)
-    checks.append(_controller(settings))
+    controller = _controller(settings)
+    checks.append(controller)
+    if controller.ok:
+        checks.append(_panel(settings))
+    checks.append(_service())
     checks.append(_llm_provider(settings))
     failed = 0
     for c in checks:

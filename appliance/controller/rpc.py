@@ -16,8 +16,10 @@ is buffered without limit on either side.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
+import os
 import queue
 import socket
 import socketserver
@@ -124,6 +126,35 @@ def _error_reply(exc: ClawdenError) -> Reply:
     return {"done": True, "error": {"type": type(exc).__name__, "what": exc.what, "fix": exc.fix}}
 
 
+def lock_path(socket_path: Path) -> Path:
+    return socket_path.with_name(socket_path.name + ".lock")
+
+
+def _already_running(pid: str) -> ClawdenError:
+    return ClawdenError(
+        f"a controller is already running (pid {pid})",
+        "use it: it serves the CLI and the panel. Only one controller may own the claws'"
+        " channels; to restart it, `systemctl restart clawden` where it runs as a service,"
+        f" else stop that `clawden serve` first (Ctrl-C in its terminal, or `kill {pid}`)",
+    )
+
+
+def take_controller_lock(socket_path: Path) -> int:
+    """An exclusive ``flock`` on ``<socket>.lock`` holding this process's pid,
+    held until the returned descriptor is closed (the kernel drops it when
+    the process dies, so a killed controller leaves nothing stale)."""
+    fd = os.open(lock_path(socket_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise _already_running(holder) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     # socketserver's listen backlog is 5. A unix socket whose backlog is full
@@ -152,23 +183,32 @@ class RpcServer:
             def handle(self) -> None:
                 outer._handle(self.rfile, self.connection)
 
-        self._refuse_if_running()
-        path.unlink(missing_ok=True)
-        self._server = _Server(str(path), _Conn)
+        # The lock first: it alone decides who is the controller. A ping of
+        # the socket cannot: the first controller binds the socket before its
+        # initial reconcile and answers only after it (starting every claw
+        # after a host reboot takes minutes), so a ping would time out and a
+        # second controller would take the socket over.
+        self._lock_fd = take_controller_lock(path)
+        try:
+            self._refuse_if_running()
+            path.unlink(missing_ok=True)
+            self._server = _Server(str(path), _Conn)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         path.chmod(0o600)  # the CLI runs as the same (root) user; nobody else may drive VMs
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def _refuse_if_running(self) -> None:
+        # Belt and braces behind the lock: a controller from before the lock
+        # existed (mid-upgrade) holds the socket without it.
         if not self.path.exists():
             return
         try:
-            reply = call(self.path, {"op": "ping"})
+            reply = call(self.path, {"op": "ping"}, timeout=5)
         except Unavailable:
             return  # a stale socket from a controller that died
-        raise ClawdenError(
-            f"a controller is already running (pid {reply.get('pid')})",
-            "use it, or stop it first; only one controller may own the claws' channels",
-        )
+        raise _already_running(str(reply.get("pid") or "?"))
 
     def start(self) -> None:
         self._thread.start()
@@ -177,6 +217,9 @@ class RpcServer:
         self._server.shutdown()
         self._server.server_close()
         self.path.unlink(missing_ok=True)
+        # Released last, once the socket is gone: the next controller may
+        # bind straight away. The file stays (deleting a lock file races).
+        os.close(self._lock_fd)
 
     def _handle(self, rfile: Any, sock: socket.socket) -> None:
         lock = threading.Lock()

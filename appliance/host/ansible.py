@@ -1,7 +1,8 @@
 """Make this machine a clawden host by running ``ansible/site.yml``.
 
 The playbook (role ``clawden_host``) installs libvirt and QEMU, creates the
-state directory and starts the libvirt daemons; it is idempotent, so running
+state directory, starts the libvirt daemons and, where systemd runs,
+installs and starts ``clawden.service`` (``clawden serve`` at boot); it is idempotent, so running
 it on a ready host changes nothing. We drive it through ansible-runner rather
 than a subprocess so every task arrives as a structured event: the operator
 gets one short progress line per task, and a failure names the task and the
@@ -54,6 +55,8 @@ TASK_FIXES = {
     "does not listen, then re-run `clawden host provision`",
     "check libvirtd answers": "run `virsh -c qemu:///system version` to see why libvirtd "
     "refuses, then re-run `clawden host provision`",
+    "enable and start the clawden service": "run `journalctl -u clawden -n 50` to see why "
+    "`clawden serve` does not start, then re-run `clawden host provision`",
 }
 _DEFAULT_FIX = (
     "fix the cause above and re-run `clawden host provision` (it only changes what is missing)"

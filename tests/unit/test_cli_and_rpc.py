@@ -106,6 +106,52 @@ def test_socket_is_private_and_a_second_controller_is_refused(server: Path) -> N
         rpc.RpcServer(server, {})
 
 
+def test_a_second_controller_is_refused_at_once_while_the_first_is_busy(tmp_path: Path) -> None:
+    # The first controller binds its socket, then runs its initial reconcile
+    # before it answers (minutes, after a host reboot). A ping would wait and
+    # time out; the lock refuses the second one at once, and keeps the socket.
+    path = tmp_path / "c.sock"
+    first = rpc.RpcServer(path, {"ping": lambda r, s: {"pid": os.getpid()}})
+    try:
+        started = time.monotonic()
+        with pytest.raises(ClawdenError) as refused:
+            rpc.RpcServer(path, {})
+        assert time.monotonic() - started < 2
+        assert refused.value.what == f"a controller is already running (pid {os.getpid()})"
+        assert "systemctl restart clawden" in refused.value.fix
+        assert path.exists()
+    finally:
+        first.start()
+        first.close()
+    # Closed: the lock is free again for the next controller.
+    second = rpc.RpcServer(path, {})
+    second.start()
+    second.close()
+
+
+def test_a_killed_controller_leaves_nothing_that_blocks_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    script = (
+        "import sys, time; from pathlib import Path; from appliance.controller import rpc;"
+        "rpc.RpcServer(Path(sys.argv[1]), {}); print('up', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        with pytest.raises(ClawdenError, match=f"already running \\(pid {proc.pid}\\)"):
+            rpc.RpcServer(path, {})
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert path.exists()  # its socket is left behind, stale
+    srv = rpc.RpcServer(path, {"ping": lambda r, s: {}})
+    srv.start()
+    assert rpc.call(path, {"op": "ping"}) == {"done": True}
+    srv.close()
+
+
 def test_rpc_serves_concurrent_clients(server: Path) -> None:
     results: list[rpc.Reply] = []
     threads = [

@@ -130,6 +130,13 @@ RECORDED_RUN: list[tuple[str, str, dict[str, Any] | None]] = [
             "debug message for more information.",
         },
     ),
+    # That host runs no systemd, so the service tasks are skipped there.
+    ("playbook_on_task_start", "install the clawden service", None),
+    ("runner_on_start", "install the clawden service", None),
+    ("runner_on_skipped", "install the clawden service", None),
+    ("playbook_on_task_start", "enable and start the clawden service", None),
+    ("runner_on_start", "enable and start the clawden service", None),
+    ("runner_on_skipped", "enable and start the clawden service", None),
 ]
 
 # The end of a real run with clawden_host_daemons=[clawden-no-such-daemon]:
@@ -209,7 +216,7 @@ def test_every_fix_hint_names_a_real_task() -> None:
 
 def test_static_task_count_matches_a_real_run() -> None:
     starts = [e for e in RECORDED_RUN if e[0] == "playbook_on_task_start"]
-    assert hp.count_tasks(TASKS_DIR / "main.yml", "Debian") == len(starts) == 15
+    assert hp.count_tasks(TASKS_DIR / "main.yml", "Debian") == len(starts) == 17
 
 
 def test_unsupported_family_has_no_total() -> None:
@@ -234,14 +241,15 @@ def test_playbook_passes_ansible_syntax_check() -> None:
 
 def test_recorded_run_gives_one_line_per_task() -> None:
     lines: list[str] = []
-    reporter = hp.ProgressReporter(lines.append, total=15)
+    reporter = hp.ProgressReporter(lines.append, total=17)
     replay(reporter, RECORDED_RUN)
-    assert len(lines) == 15
-    assert lines[0] == "[1/15] read host facts … ok"
-    assert lines[5] == "[6/15] refresh the apt index … skipped"
-    assert lines[7] == "[8/15] create the clawden state directory … changed"
-    assert lines[8] == "[9/15] let the kvm group use /dev/kvm … ok"
-    assert lines[-1] == "[15/15] check libvirtd answers … ok"
+    assert len(lines) == 17
+    assert lines[0] == "[1/17] read host facts … ok"
+    assert lines[5] == "[6/17] refresh the apt index … skipped"
+    assert lines[7] == "[8/17] create the clawden state directory … changed"
+    assert lines[8] == "[9/17] let the kvm group use /dev/kvm … ok"
+    assert lines[14] == "[15/17] check libvirtd answers … ok"
+    assert lines[-1] == "[17/17] enable and start the clawden service … skipped"
     assert (reporter.changed, reporter.failed, reporter.failure) == (1, 0, None)
 
 
@@ -351,7 +359,7 @@ def test_successful_run_is_reported_from_runner_stats(fake_runner: Any) -> None:
     lines: list[str] = []
     result = hp.provision_host(lines.append, extra_vars={"clawden_host_daemon_timeout_s": 5})
     assert (result.ok, result.changed, result.failed) == (True, 1, 0)
-    assert len(lines) == 15
+    assert len(lines) == 17
     kwargs = runner.kwargs
     assert kwargs["playbook"] == str(hp.PLAYBOOK) and Path(kwargs["playbook"]).is_absolute()
     assert kwargs["quiet"] is True and kwargs["cmdline"] is None

@@ -464,6 +464,45 @@ def test_reconcile_restarts_a_crashed_claw_and_removes_orphans(ctx: Context) -> 
     assert reconcile(ctx).changed is False
 
 
+def test_after_a_host_reboot_every_claw_meant_to_run_is_started_again(ctx: Context) -> None:
+    # What `clawden serve` finds after a reboot (its initial reconcile):
+    # libvirt has every persistent domain defined and shut off, and the store
+    # still says which claws were running. Nobody logs in.
+    for name in ("jay", "kim", "lou"):
+        Lifecycle(ctx).create(ClawSpec(name, name.title()))
+    Lifecycle(ctx).stop("kim")
+    for name in ("jay", "kim", "lou"):
+        _fake(ctx).force_off(_dom(ctx, name))  # the power went
+    starts = {n: _fake(ctx).domains[_dom(ctx, n)].starts for n in ("jay", "kim", "lou")}
+    report = reconcile(ctx)
+    assert sorted(report.restarted) == ["jay", "lou"] and report.errors == []
+    assert ctx.hypervisor.state(_dom(ctx, "jay")) is DomainState.RUNNING
+    assert ctx.hypervisor.state(_dom(ctx, "lou")) is DomainState.RUNNING
+    # The claw someone stopped stays stopped.
+    assert ctx.hypervisor.state(_dom(ctx, "kim")) is DomainState.SHUTOFF
+    assert _fake(ctx).domains[_dom(ctx, "kim")].starts == starts["kim"]
+    assert ctx.claws.require("kim").state is ClawState.STOPPED
+    # Their data disks came through; nothing was treated as an orphan.
+    assert report.orphans_removed == []
+    assert (ctx.settings.claw_dir("jay") / "data.qcow2").exists()
+    assert reconcile(ctx).changed is False
+
+
+def test_libvirt_late_after_a_reboot_is_a_retry_not_a_lost_claw(ctx: Context) -> None:
+    # libvirtd may still be starting when the controller's first reconcile
+    # runs: that pass fails as a whole (the controller logs "reconcile
+    # skipped" and tries again 30 s later), and the next one starts the claw.
+    Lifecycle(ctx).create(ClawSpec("max", "Max"))
+    _fake(ctx).force_off(_dom(ctx, "max"))
+    _fake(ctx).available = False
+    with pytest.raises(Unavailable):
+        reconcile(ctx)
+    assert ctx.claws.require("max").state is ClawState.RUNNING
+    _fake(ctx).available = True
+    assert reconcile(ctx).restarted == ["max"]
+    assert ctx.hypervisor.state(_dom(ctx, "max")) is DomainState.RUNNING
+
+
 def test_a_claw_that_keeps_failing_to_start_is_retried_with_backoff(ctx: Context) -> None:
     from appliance.controller.reconcile import RetryGate
 
