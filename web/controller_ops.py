@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from appliance.controller.context import Context
@@ -16,6 +17,7 @@ from appliance.core.errors import ClawdenError, Conflict
 from web.ports import ChannelInfo, ChatReply, check_power_action
 
 log = logging.getLogger(__name__)
+THROTTLE_WINDOW_S = 3600.0
 
 
 class ControllerClawOps:
@@ -67,3 +69,7 @@ class ControllerClawOps:
             talk.inbound.id,
             None if talk.outbound is None else talk.outbound.id,
         )
+
+    def approval_refusals(self) -> dict[str, int]:
+        since = time.time() - THROTTLE_WINDOW_S
+        return self._controller.refusals.recent("approvals.", since)

@@ -53,6 +53,11 @@ class ClawOps(Protocol):
         pieces of it to ``on_text`` as they stream in; both sides stored."""
         ...
 
+    def approval_refusals(self) -> dict[str, int]:
+        """Per claw, its approval requests the host API refused over quota
+        in the last hour (too many pending, or too many an hour)."""
+        ...
+
 
 @dataclass
 class FakeClawOps:
@@ -63,6 +68,7 @@ class FakeClawOps:
     replies: dict[str, list[str]] = field(default_factory=dict)
     powered: list[tuple[str, str]] = field(default_factory=list)
     said: list[tuple[str, str, str]] = field(default_factory=list)
+    refused_approvals: dict[str, int] = field(default_factory=dict)
 
     def channel(self, claw: str) -> ChannelInfo | None:
         return self.channels.get(claw)
@@ -77,3 +83,6 @@ class FakeClawOps:
         for piece in pieces:
             on_text(piece)
         return ChatReply("".join(pieces), None, None)
+
+    def approval_refusals(self) -> dict[str, int]:
+        return dict(self.refused_approvals)

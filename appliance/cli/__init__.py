@@ -1,7 +1,7 @@
 """``clawden`` — the operator's command line.
 
 One module per command group (``claws``, ``images``, ``schedules``,
-``skills`` — with ``claw import`` —, ``approvals``, ``users``, ``audit``, ``llm``,
+``skills`` — with ``claw import`` —, ``approvals``, ``policy``, ``users``, ``audit``, ``llm``,
 ``host``, ``doctor``, ``controller``): each registers its parsers and points
 every leaf at its handler with ``set_defaults(handler=…)``.
 
@@ -28,6 +28,7 @@ from appliance.cli import (
     host,
     images,
     llm,
+    policy,
     schedules,
     skills,
     users,
@@ -45,6 +46,7 @@ GROUPS = (
     schedules,
     skills,
     approvals,
+    policy,
     users,
     llm,
     audit,
