@@ -84,9 +84,9 @@ def decide(
         user,
         code,
         now,
-        failed_action="approval.totp_failed",
-        target=shown.id,
-        details={"claw": shown.claw},
+        lambda why: store.audit.append(
+            user.actor, "approval.totp_failed", shown.id, {"claw": shown.claw, "reason": why}
+        ),
     )
     with store.transaction():
         decided = store.approvals.decide(

@@ -57,8 +57,8 @@ def set_policy(
         user,
         code,
         now,
-        failed_action="policy.totp_failed",
-        target=claw,
-        details={"capability": capability},
+        lambda why: store.audit.append(
+            user.actor, "policy.totp_failed", claw, {"capability": capability, "reason": why}
+        ),
     )
     return set_rule(store, claw, capability, rule, user.actor, now)

@@ -13,6 +13,7 @@ alphabet), so it passes none of these.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -37,14 +38,13 @@ def record_failure(
     now: datetime,
     *,
     actor: str,
-    action: str,
-    target: str,
-    details: dict[str, Any],
+    audit_failure: Callable[[], object],
 ) -> None:
     """Keep one failed attempt of ``kind`` by ``key`` (from ``address``, or
-    "" when the address does not count), audited as ``action``."""
+    "" when the address does not count); ``audit_failure`` writes the
+    caller's own audit entry for it (its action named where it happens)."""
     store.sessions.record_failure(kind, key, address, now)
-    store.audit.append(actor, action, target, details)
+    audit_failure()
     by_user = len(store.sessions.failures(kind, now, user=key))
     by_address = len(store.sessions.failures(kind, now, address=address)) if address else 0
     # Audited once, when the limit is reached, not on every refused try.
@@ -67,14 +67,11 @@ def require_fresh_code(
     user: User,
     code: str,
     now: datetime,
-    *,
-    failed_action: str,
-    target: str,
-    details: dict[str, Any],
+    audit_failure: Callable[[str], object],
 ) -> None:
     """Spend ``user``'s TOTP ``code`` or raise; a wrong or reused code is
-    recorded (``failed_action``, with ``details`` and the reason) and counts
-    towards the lockout. The caller has checked the lockout before anything
+    recorded, audited by ``audit_failure(why)`` (``wrong`` or ``reused``) and
+    counts towards the lockout. The caller has checked the lockout before anything
     it refuses for free (``refuse_if_code_locked``)."""
     secret = store.users.active_totp(user.name)
     if secret is None:
@@ -92,9 +89,7 @@ def require_fresh_code(
             "",
             now,
             actor=user.actor,
-            action=failed_action,
-            target=target,
-            details={**details, "reason": why},
+            audit_failure=lambda: audit_failure(why),
         )
         raise InvalidInput(
             "that code is wrong or was already used",

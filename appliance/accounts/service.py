@@ -198,9 +198,9 @@ class Accounts:
             address,
             now,
             actor="anonymous",
-            action="user.login_failed",
-            target=target,
-            details={"address": address, "reason": reason},
+            audit_failure=lambda: self.store.audit.append(
+                "anonymous", "user.login_failed", target, {"address": address, "reason": reason}
+            ),
         )
         raise _bad_login()
 

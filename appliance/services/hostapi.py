@@ -297,13 +297,12 @@ class ApprovalRoutes:
         decided = self.approvals.decide(
             approval.id, allowed, by=decision.decided_by, reason=decision.reason
         )
-        if decision.decided_by == POLICY_ACTOR:
-            action = "approval.policy_allow" if allowed else "approval.policy_deny"
-        else:
-            action = "approval.granted_auto"
+        by_policy = decision.decided_by == POLICY_ACTOR
         self.audit.append(
             decision.decided_by,
-            action,
+            ("approval.policy_allow" if allowed else "approval.policy_deny")
+            if by_policy
+            else "approval.granted_auto",
             decided.id,
             {"claw": decided.claw, "action": decided.action, "sha256": decided.sha256},
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
-from httpx import Response
+from httpx2 import Response
 
 from appliance.accounts.credentials import code_digest, new_recovery_codes
 from appliance.accounts.decisions import decide
