@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from appliance.channel import workspace_sftp
@@ -21,6 +22,7 @@ from appliance.core.workspace_files import FileText, WorkspaceFile
 from web.ports import ChannelInfo, ChatReply, check_power_action
 
 log = logging.getLogger(__name__)
+THROTTLE_WINDOW_S = 3600.0
 
 # A page waits this long for a claw's channel: a claw still booting gets a
 # "start the claw" note rather than a request hanging for half a minute.
@@ -93,3 +95,7 @@ class ControllerClawOps:
 
     def write_file(self, claw: str, path: str, data: bytes) -> None:
         workspace_sftp.write_file(self._transport(claw), path, data)
+
+    def approval_refusals(self) -> dict[str, int]:
+        since = time.time() - THROTTLE_WINDOW_S
+        return self._controller.refusals.recent("approvals.", since)

@@ -77,6 +77,10 @@ class ClawOps(Protocol):
 
     def write_file(self, claw: str, path: str, data: bytes) -> None:
         """Replace an editable workspace file (``check_editable_file``)."""
+
+    def approval_refusals(self) -> dict[str, int]:
+        """Per claw, its approval requests the host API refused over quota
+        in the last hour (too many pending, or too many an hour)."""
         ...
 
 
@@ -93,6 +97,7 @@ class FakeClawOps:
     # claw -> path -> text; a claw absent here cannot be reached (stopped).
     files: dict[str, dict[str, str]] = field(default_factory=dict)
     written: list[tuple[str, str, bytes]] = field(default_factory=list)
+    refused_approvals: dict[str, int] = field(default_factory=dict)
 
     def channel(self, claw: str) -> ChannelInfo | None:
         return self.channels.get(claw)
@@ -141,3 +146,6 @@ class FakeClawOps:
         path = check_editable_file(path)
         self._workspace(claw)[path] = data.decode("utf-8")
         self.written.append((claw, path, data))
+
+    def approval_refusals(self) -> dict[str, int]:
+        return dict(self.refused_approvals)

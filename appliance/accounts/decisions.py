@@ -22,22 +22,12 @@ cannot approve anything. Root at the CLI decides without TOTP
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import NoReturn
-
-from appliance.accounts import totp
-from appliance.core.accounts import (
-    MAX_FAILURES_PER_USER,
-    User,
-    check_may_decide,
-    locked_until,
-    may_see_claw,
-    refuse_while_locked,
-)
+from appliance.accounts.second_factor import refuse_if_code_locked, require_fresh_code
+from appliance.core.accounts import User, check_may_decide, may_see_claw
 from appliance.core.approvals import Approval, Clock, not_found, utc_clock
-from appliance.core.errors import Conflict, InvalidInput
+from appliance.core.errors import Conflict
+from appliance.core.policy import Grant, check_grant_minutes
 from appliance.store import Store
-from appliance.store.sessions import TOTP
 
 
 def visible_approvals(store: Store, user: User, pending_only: bool = True) -> list[Approval]:
@@ -64,16 +54,17 @@ def decide(
     approved: bool,
     reason: str | None = None,
     clock: Clock = utc_clock,
+    grant_minutes: int = 0,
 ) -> Approval:
-    """Approve or deny ``approval_id`` as ``user_name`` with a TOTP code."""
+    """Approve or deny ``approval_id`` as ``user_name`` with a TOTP code;
+    approved with ``grant_minutes`` (15 or 60), the same claw's requests for
+    the same action are approved for that long (a ``Grant``)."""
+    check_grant_minutes(grant_minutes)
     now = clock()
     user = store.users.require(user_name)
     shown = show_approval(store, user, approval_id)
     check_may_decide(user)
-    failures = store.sessions.failures(TOTP, now, user=user.name)
-    until = locked_until(failures, MAX_FAILURES_PER_USER, now)
-    if until is not None:
-        raise refuse_while_locked("deciding with a TOTP code", until)
+    refuse_if_code_locked(store, user, "deciding with a TOTP code", now)
     details = {"claw": shown.claw, "action": shown.action, "sha256": shown.sha256}
     if shown.sha256 != expected_sha256:
         store.audit.append(
@@ -88,15 +79,15 @@ def decide(
         raise Conflict(
             f"approval {shown.id} is already {shown.status}", "nothing to decide; reload the list"
         )
-    secret = store.users.active_totp(user.name)
-    if secret is None:
-        raise InvalidInput(
-            f"{user.name} has no TOTP set up, so cannot decide approvals",
-            f"enrol first: `clawden user totp {user.name} --uri-file PATH`, then --confirm CODE",
-        )
-    step = totp.matching_step(secret, code, now)
-    if step is None or not store.users.consume_step(user.name, step):
-        _failed(store, user, shown, "wrong" if step is None else "reused", now)
+    require_fresh_code(
+        store,
+        user,
+        code,
+        now,
+        lambda why: store.audit.append(
+            user.actor, "approval.totp_failed", shown.id, {"claw": shown.claw, "reason": why}
+        ),
+    )
     with store.transaction():
         decided = store.approvals.decide(
             shown.id, approved, by=user.actor, reason=reason, expected_sha256=expected_sha256
@@ -107,21 +98,34 @@ def decide(
             decided.id,
             {**details, "reason": decided.reason, "second_factor": "totp"},
         )
-    store.sessions.clear_failures(TOTP, user.name)
+        if approved and grant_minutes:
+            grant = store.grants.add(
+                shown.claw, shown.action, shown.id, user.actor, now, grant_minutes
+            )
+            store.audit.append(
+                user.actor,
+                "approval.grant",
+                grant.id,
+                {
+                    "claw": grant.claw,
+                    "action": grant.action,
+                    "approval": shown.id,
+                    "expires_at": grant.expires_at.isoformat(),
+                },
+            )
     return decided
 
 
-def _failed(store: Store, user: User, shown: Approval, why: str, now: datetime) -> NoReturn:
-    store.sessions.record_failure(TOTP, user.name, "", now)
-    store.audit.append(
-        user.actor, "approval.totp_failed", shown.id, {"claw": shown.claw, "reason": why}
-    )
-    failures = store.sessions.failures(TOTP, now, user=user.name)
-    if len(failures) == MAX_FAILURES_PER_USER:
+def revoke_grant(store: Store, user: User, grant_id: str, clock: Clock = utc_clock) -> Grant:
+    """End a grant now. Narrowing what a claw may do needs no TOTP code:
+    only an admin's session (``check_may_decide``)."""
+    check_may_decide(user)
+    with store.transaction():
+        grant = store.grants.revoke(grant_id, user.actor, clock())
         store.audit.append(
-            user.actor, "user.locked_out", user.name, {"failures": len(failures), "kind": TOTP}
+            user.actor,
+            "approval.grant_revoke",
+            grant.id,
+            {"claw": grant.claw, "action": grant.action},
         )
-    raise InvalidInput(
-        "that code is wrong or was already used",
-        "wait for the next code in your authenticator and try again",
-    )
+    return grant

@@ -19,6 +19,7 @@ from appliance.accounts.credentials import (
     looks_like_recovery_code,
     new_recovery_codes,
 )
+from appliance.accounts.second_factor import record_failure
 from appliance.core.accounts import (
     MAX_FAILURES_PER_ADDRESS,
     MAX_FAILURES_PER_USER,
@@ -190,20 +191,17 @@ class Accounts:
     def _failed(self, name: str, address: str, reason: str, now: datetime) -> NoReturn:
         """Record, audit, maybe lock out; always raises."""
         target = _attempt_key(name)
-        self.store.sessions.record_failure(LOGIN, target, address, now)
-        self.store.audit.append(
-            "anonymous", "user.login_failed", target, {"address": address, "reason": reason}
+        record_failure(
+            self.store,
+            LOGIN,
+            target,
+            address,
+            now,
+            actor="anonymous",
+            audit_failure=lambda: self.store.audit.append(
+                "anonymous", "user.login_failed", target, {"address": address, "reason": reason}
+            ),
         )
-        by_user = self.store.sessions.failures(LOGIN, now, user=target)
-        by_address = self.store.sessions.failures(LOGIN, now, address=address)
-        # Audited once, when the limit is reached, not on every refused try.
-        if len(by_user) == MAX_FAILURES_PER_USER or len(by_address) == MAX_FAILURES_PER_ADDRESS:
-            self.store.audit.append(
-                "anonymous",
-                "user.locked_out",
-                target,
-                {"address": address, "failures": len(by_user), "kind": LOGIN},
-            )
         raise _bad_login()
 
 

@@ -1,8 +1,8 @@
 """``clawden`` — the operator's command line.
 
 One module per command group (``claws``, ``images``, ``schedules``,
-``skills`` — with ``claw import`` —, ``approvals``, ``users``, ``audit``, ``llm``,
-``host``, ``doctor``, ``controller``, ``panel``): each registers its parsers and points
+``skills`` — with ``claw import`` —, ``approvals``, ``policy``, ``users``, ``audit``,
+``llm``, ``host``, ``doctor``, ``controller``, ``panel``): each registers its parsers and points
 every leaf at its handler with ``set_defaults(handler=…)``.
 
 Every failure a user can cause or meet prints exactly one line, ``error: what —
@@ -29,6 +29,7 @@ from appliance.cli import (
     images,
     llm,
     panel,
+    policy,
     schedules,
     skills,
     users,
@@ -46,6 +47,7 @@ GROUPS = (
     schedules,
     skills,
     approvals,
+    policy,
     users,
     panel,
     llm,

@@ -206,6 +206,11 @@ class Controller:
                 }
         return {"pid": os.getpid(), "channels": claws, "refusals": self._refusals.totals()}
 
+    @property
+    def refusals(self) -> Refusals:
+        """What the host API and scheduler refused over quota (in memory)."""
+        return self._refusals
+
     def _connection(self, claw: str) -> ClawConnection:
         """The claw's supervised connection, started here if the main loop
         has not got to it yet. Looks at this one claw only — its store row and

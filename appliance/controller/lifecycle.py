@@ -326,11 +326,14 @@ class Lifecycle:
         self.ctx.keys.delete_for(claw)
 
     def _forget(self, claw: str) -> None:
-        # Its jobs, conversations, approval requests, skills and owner link go with it (a new
-        # claw of the same name starts clean); its LLM spending stays on record (llm_calls).
+        # Its jobs, conversations, approval requests, policy and grants, skills and owner link
+        # go with it (a new claw of the same name starts clean, asking for everything); its
+        # LLM spending stays on record (llm_calls).
         self.ctx.store.schedules.delete_claw(claw)
         self.ctx.store.messages.delete_claw(claw)
         self.ctx.store.approvals.delete_claw(claw)
+        self.ctx.store.policy.delete_claw(claw)
+        self.ctx.store.grants.delete_claw(claw)
         self.ctx.store.skills.delete_claw(claw)
         self.ctx.store.users.delete_claw(claw)
         self.ctx.claws.delete(claw)

@@ -65,6 +65,13 @@ class Approval:
     expires_at: datetime
     decided_at: datetime | None
     decided_by: str | None
+    # When the panel's inbox first showed it while pending (None: never).
+    seen_at: datetime | None = None
+
+    @property
+    def unseen_expiry(self) -> bool:
+        """It expired before anyone opened the inbox."""
+        return self.status == "expired" and self.seen_at is None
 
     @property
     def pending(self) -> bool:

@@ -223,9 +223,13 @@ class Refusals:
     per ``LOG_EVERY_S``, summing up what was refused since the last one."""
 
     LOG_EVERY_S = 60.0
+    # Recent refusals per claw kept for ``recent`` (the panel's "throttled"
+    # line): bounded, so a flood costs a fixed amount of memory.
+    RECENT_KEPT = 2000
 
     def __init__(self) -> None:
         self._totals: dict[str, Counter[str]] = {}
+        self._recent: dict[str, deque[tuple[float, str]]] = {}
         self._unreported: dict[str, Counter[str]] = {}
         self._last_line: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -234,6 +238,8 @@ class Refusals:
         """Count one refusal; the log line to write now, if one is due."""
         with self._lock:
             self._totals.setdefault(claw, Counter())[quota] += 1
+            recent = self._recent.setdefault(claw, deque(maxlen=self.RECENT_KEPT))
+            recent.append((now_s, quota))
             self._unreported.setdefault(claw, Counter())[quota] += 1
             last = self._last_line.get(claw)
             if last is not None and 0 <= now_s - last < self.LOG_EVERY_S:
@@ -247,6 +253,16 @@ class Refusals:
             f"claw {claw}: refused {total} request{plural} over quota ({detail}); "
             f"at most one such line a minute"
         )
+
+    def recent(self, prefix: str, since_s: float) -> dict[str, int]:
+        """Per claw, how many refusals of quotas named ``prefix…`` since
+        ``since_s`` (at most ``RECENT_KEPT`` each: "2000 or more")."""
+        with self._lock:
+            counts = {
+                claw: sum(1 for at, quota in kept if at >= since_s and quota.startswith(prefix))
+                for claw, kept in self._recent.items()
+            }
+        return {claw: n for claw, n in counts.items() if n}
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Every refusal since the controller started, per claw and quota."""

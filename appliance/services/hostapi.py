@@ -39,6 +39,7 @@ from appliance.core.errors import (
     Unavailable,
 )
 from appliance.core.messages import check_text
+from appliance.core.policy import ALLOW, ASK, POLICY_ACTOR, outcome
 from appliance.core.quotas import DEFAULT_QUOTAS, MessageRate, Pacer, Quotas, Refusals
 from appliance.core.schedule import CreatedBy, Job
 from appliance.core.textsafe import printable
@@ -270,6 +271,7 @@ class ApprovalRoutes:
                         "expires_at": _iso(approval.expires_at),
                     },
                 )
+                approval = self._apply_policy(approval)
         except Conflict as exc:
             # Too many waiting: the agent sees a denial with the reason, not an
             # error; like any refusal it is counted, not stored or logged each time.
@@ -279,6 +281,32 @@ class ApprovalRoutes:
             "claw %s asks approval %s for %s", claw.name, approval.id, printable(approval.action)
         )
         return HttpResponse.json(201, _approval_json(approval))
+
+    def _apply_policy(self, approval: Approval) -> Approval:
+        """The claw's policy and live grants decide at once, unless the rule
+        is ``ask`` (the default) and no grant covers the action; runs inside
+        the request's transaction, so the request and its outcome commit
+        together."""
+        now = approval.created_at
+        grant = self.store.grants.active_for(approval.claw, approval.action, now)
+        rules = self.store.policy.rules(approval.claw)
+        decision = outcome(rules, approval.action, grant, now)
+        if decision.rule == ASK or decision.decided_by is None:
+            return approval
+        allowed = decision.rule == ALLOW
+        decided = self.approvals.decide(
+            approval.id, allowed, by=decision.decided_by, reason=decision.reason
+        )
+        by_policy = decision.decided_by == POLICY_ACTOR
+        self.audit.append(
+            decision.decided_by,
+            ("approval.policy_allow" if allowed else "approval.policy_deny")
+            if by_policy
+            else "approval.granted_auto",
+            decided.id,
+            {"claw": decided.claw, "action": decided.action, "sha256": decided.sha256},
+        )
+        return decided
 
     def wait(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
         approval_id = _field(body, "id", str)[:100]

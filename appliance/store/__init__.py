@@ -30,6 +30,7 @@ from appliance.store.operations import (
     Operation,
     OperationLog,
 )
+from appliance.store.policy import GrantRepository, PolicyRepository
 from appliance.store.schedules import ScheduleRepository
 from appliance.store.sessions import SessionRepository
 from appliance.store.skills import SkillRepository
@@ -66,6 +67,8 @@ class Store:
         self.usage = UsageRepository(db, clock=clock)
         self.users = UserRepository(db)
         self.sessions = SessionRepository(db)
+        self.policy = PolicyRepository(db)
+        self.grants = GrantRepository(db)
 
     @classmethod
     def open(cls, path: Path, audit_head: Path | None = None) -> Store:
@@ -100,10 +103,12 @@ __all__ = [
     "AuditQuery",
     "AuditVerification",
     "ClawRepository",
+    "GrantRepository",
     "KeyRepository",
     "MessageRepository",
     "Operation",
     "OperationLog",
+    "PolicyRepository",
     "ScheduleRepository",
     "SchemaTooNew",
     "SessionRepository",

@@ -44,6 +44,7 @@ def _to_approval(row: dict[str, Any]) -> Approval:
         expires_at=from_iso(row["expires_at"]),
         decided_at=None if row["decided_at"] is None else from_iso(row["decided_at"]),
         decided_by=row["decided_by"],
+        seen_at=None if row.get("seen_at") is None else from_iso(row["seen_at"]),
     )
 
 
@@ -216,6 +217,32 @@ class ApprovalRepository:
                 )
             )
         return [_to_approval(row) for row in rows]
+
+    def recent(self, limit: int = 20) -> builtins.list[Approval]:
+        """Decided and expired requests, the newest decision first."""
+        self._expire_due(self.clock())
+        with locked(self.db):
+            rows = list(
+                self.db.query(
+                    "SELECT * FROM approvals WHERE status != 'pending'"
+                    " ORDER BY decided_at DESC, rowid DESC LIMIT ?",
+                    [limit],
+                )
+            )
+        return [_to_approval(row) for row in rows]
+
+    def mark_seen(self, approval_ids: builtins.list[str], now: datetime) -> None:
+        """The inbox showed these: a pending one marked here that later
+        expires was expired *seen*, not "expired unseen"."""
+        if not approval_ids:
+            return
+        marks = ", ".join("?" for _ in approval_ids)
+        with transaction(self.db):
+            self.db.execute(
+                f"UPDATE approvals SET seen_at = ? WHERE seen_at IS NULL"  # noqa: S608
+                f" AND status = 'pending' AND id IN ({marks})",
+                [to_iso(now), *approval_ids],
+            )
 
     def delete_claw(self, claw: str) -> int:
         """Forget a destroyed claw's requests; returns how many there were."""

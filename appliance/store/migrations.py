@@ -329,6 +329,41 @@ def m011_accounts(db: Database) -> None:
     )
 
 
+def m012_approval_policy(db: Database) -> None:
+    # The panel's approvals inbox (appliance/core/policy.py). seen_at: when
+    # the inbox first showed a pending request, so one that expired before
+    # anyone looked is told apart ("expired unseen"). approval_policy: a rule
+    # per claw and capability; a missing row is "ask". approval_grants: a
+    # time-boxed "allow this action" from an approved request; revoking one
+    # sets revoked_at (the row stays, for the record).
+    _script(
+        db,
+        """
+        ALTER TABLE approvals ADD COLUMN seen_at TEXT;
+        CREATE TABLE approval_policy (
+            claw TEXT NOT NULL,
+            capability TEXT NOT NULL,
+            rule TEXT NOT NULL CHECK (rule IN ('allow', 'deny', 'ask')),
+            set_by TEXT NOT NULL,
+            set_at TEXT NOT NULL,
+            PRIMARY KEY (claw, capability)
+        ) STRICT;
+        CREATE TABLE approval_grants (
+            id TEXT PRIMARY KEY,
+            claw TEXT NOT NULL,
+            action TEXT NOT NULL,
+            approval_id TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            revoked_at TEXT,
+            revoked_by TEXT
+        ) STRICT;
+        CREATE INDEX approval_grants_claw ON approval_grants (claw, action, expires_at);
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     (1, "claws", m001_claws),
     (2, "keys", m002_keys),
@@ -341,4 +376,5 @@ MIGRATIONS: list[Migration] = [
     (9, "quota_indexes", m009_quota_indexes),
     (10, "llm_reservations", m010_llm_reservations),
     (11, "accounts", m011_accounts),
+    (12, "approval_policy", m012_approval_policy),
 ]
