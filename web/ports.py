@@ -70,7 +70,8 @@ class FakeClawOps:
     channels: dict[str, ChannelInfo] = field(default_factory=dict)
     replies: dict[str, list[str]] = field(default_factory=dict)
     powered: list[tuple[str, str]] = field(default_factory=list)
-    said: list[tuple[str, str, str, str]] = field(default_factory=list)  # claw, text, channel, sender
+    # claw, text, channel, sender
+    said: list[tuple[str, str, str, str]] = field(default_factory=list)
     messages: MessageRepository | None = None
     errors: dict[str, ClawdenError] = field(default_factory=dict)
     gate: threading.Event | None = None
@@ -89,8 +90,10 @@ class FakeClawOps:
         self.said.append((claw, text, channel, sender))
         if claw in self.errors:
             raise self.errors[claw]
-        inbound = None if self.messages is None else self.messages.add(
-            claw, "in", channel, sender, text, delivered=True
+        inbound = (
+            None
+            if self.messages is None
+            else self.messages.add(claw, "in", channel, sender, text, delivered=True)
         )
         pieces = self.replies.get(claw, ["(no reply scripted)"])
         for i, piece in enumerate(pieces):
@@ -98,8 +101,10 @@ class FakeClawOps:
                 raise TimeoutError("the test never opened the gate")
             on_text(piece)
         reply = "".join(pieces)
-        outbound = None if self.messages is None else self.messages.add(
-            claw, "out", channel, claw, reply, delivered=True
+        outbound = (
+            None
+            if self.messages is None
+            else self.messages.add(claw, "out", channel, claw, reply, delivered=True)
         )
         self.finished.append(claw)
         return ChatReply(

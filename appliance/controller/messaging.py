@@ -81,7 +81,7 @@ class ChannelRouter:
         if claw.state is not ClawState.RUNNING:
             raise Unavailable(
                 f"claw {claw.name!r} is {claw.state.value}, so it cannot answer",
-                f"start it (Start on its page, or `clawden claw start {claw.name}`), then send again",
+                f"start it (`clawden claw start {claw.name}`), then send the message again",
             )
         with self._lock:
             if claw.name in self._busy:

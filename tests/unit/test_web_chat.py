@@ -10,9 +10,8 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,6 +21,12 @@ from appliance.core.model import ClawState
 from tests.support.panel import ORIGIN, Harness
 
 Event = tuple[str, Any]
+
+
+class Streamed(Protocol):
+    """A streamed response, read as text while it arrives."""
+
+    def iter_text(self) -> Iterator[str]: ...
 
 
 @pytest.fixture
@@ -41,7 +46,7 @@ def _headers(csrf: str) -> dict[str, str]:
     return {"X-CSRF-Token": csrf, "Origin": ORIGIN}
 
 
-def _events(response: httpx.Response) -> Iterator[Event]:
+def _events(response: Streamed) -> Iterator[Event]:
     """Server-sent events as they arrive (keep-alive comments skipped)."""
     buffer = ""
     for text in response.iter_text():
@@ -78,9 +83,7 @@ def test_a_members_message_reaches_their_claw_as_themselves_and_the_reply_stream
     csrf = chat.login(client, "ana")
     # A "sender" field is ignored: who wrote is the session's account.
     form = {"text": "hi there", "sender": "mum"}
-    with client.stream(
-        "POST", "/claws/alice/chat", data=form, headers=_headers(csrf)
-    ) as response:
+    with client.stream("POST", "/claws/alice/chat", data=form, headers=_headers(csrf)) as response:
         assert response.status_code == 200
         events = _events(response)
         assert next(events) == ("piece", "Hel")
@@ -100,7 +103,7 @@ def test_a_members_message_reaches_their_claw_as_themselves_and_the_reply_stream
     # The page then swaps in the stored reply, rendered on the server.
     final = client.get(f"/claws/alice/chat/messages/{done['out_id']}")
     assert final.status_code == 200 and "Hello, Ana" in final.text
-    assert 'id="msg-%d"' % done["out_id"] in final.text
+    assert f'id="msg-{done["out_id"]}"' in final.text
 
 
 def test_the_chat_page_shows_the_history_and_a_form_with_the_token(chat: Harness) -> None:
@@ -190,7 +193,10 @@ def test_an_error_from_the_controller_ends_the_stream_with_what_and_how_to_fix(
     assert events == [
         (
             "error",
-            {"what": "claw 'alice' has no live channel", "fix": "start it: `clawden claw start alice`"},
+            {
+                "what": "claw 'alice' has no live channel",
+                "fix": "start it: `clawden claw start alice`",
+            },
         )
     ]
     # The claw's slot is free again: the next message goes through.
@@ -220,7 +226,7 @@ def test_hostile_reply_text_is_inert_in_the_final_partial(chat: Harness) -> None
     csrf = chat.login(client, "ana")
     done = _send(client, csrf, "alice", "<img src=y onerror=alert(4)> \u202eabc")[-1][1]
     reply = client.get(f"/claws/alice/chat/messages/{done['out_id']}").text
-    for bad in ("<script", "<img", "href=\"javascript", "evil.example", "\u202e", "\u200b"):
+    for bad in ("<script", "<img", 'href="javascript', "evil.example", "\u202e", "\u200b"):
         assert bad not in reply, bad
     assert not re.search(r"<[^>]+\son\w+=", reply)  # no tag carries a handler
     assert "[click me](javascript:alert(3))" in reply  # left as text, not a link
