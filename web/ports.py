@@ -70,8 +70,8 @@ class FakeClawOps:
     channels: dict[str, ChannelInfo] = field(default_factory=dict)
     replies: dict[str, list[str]] = field(default_factory=dict)
     powered: list[tuple[str, str]] = field(default_factory=list)
-    # claw, text, channel, sender
-    said: list[tuple[str, str, str, str]] = field(default_factory=list)
+    said: list[tuple[str, str, str]] = field(default_factory=list)  # claw, text, channel
+    senders: list[str] = field(default_factory=list)  # who wrote each of ``said``
     messages: MessageRepository | None = None
     errors: dict[str, ClawdenError] = field(default_factory=dict)
     gate: threading.Event | None = None
@@ -87,7 +87,8 @@ class FakeClawOps:
     def say(
         self, claw: str, text: str, channel: str, on_text: TextSink, *, sender: str
     ) -> ChatReply:
-        self.said.append((claw, text, channel, sender))
+        self.said.append((claw, text, channel))
+        self.senders.append(sender)
         if claw in self.errors:
             raise self.errors[claw]
         inbound = (
