@@ -71,8 +71,12 @@ class ControllerClawOps:
             with self._lock:
                 self._busy.pop(claw, None)
 
-    def say(self, claw: str, text: str, channel: str, on_text: Callable[[str], None]) -> ChatReply:
-        talk = self._controller.say(claw, text, channel=channel, on_text=on_text, wait=30.0)
+    def say(
+        self, claw: str, text: str, channel: str, on_text: Callable[[str], None], *, sender: str
+    ) -> ChatReply:
+        talk = self._controller.say(
+            claw, text, channel=channel, on_text=on_text, wait=30.0, sender=sender
+        )
         return ChatReply(
             str(talk.reply.get("text", "")),
             talk.inbound.id,

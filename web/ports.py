@@ -8,11 +8,12 @@ fast tests and records what was asked of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.core.errors import InvalidInput, Unavailable
+from appliance.core.channels import ChatReply, TextSink
+from appliance.core.errors import ClawdenError, InvalidInput, Unavailable
 from appliance.core.workspace_files import (
     FileText,
     WorkspaceFile,
@@ -20,6 +21,9 @@ from appliance.core.workspace_files import (
     check_workspace_file,
     daily_notes,
 )
+from appliance.store.messages import MessageRepository
+
+__all__ = ["ChannelInfo", "ChatReply", "ClawOps", "FakeClawOps", "check_power_action"]
 
 POWER_ACTIONS = ("start", "stop", "restart")
 
@@ -37,13 +41,6 @@ class ChannelInfo:
     last_error: str | None = None
 
 
-@dataclass(frozen=True)
-class ChatReply:
-    text: str
-    in_id: int | None
-    out_id: int | None
-
-
 class ClawOps(Protocol):
     def channel(self, claw: str) -> ChannelInfo | None:
         """The claw's channel as the controller sees it, or None when it
@@ -55,9 +52,13 @@ class ClawOps(Protocol):
         audited as ``actor``; raises ``ClawdenError`` if it cannot begin."""
         ...
 
-    def say(self, claw: str, text: str, channel: str, on_text: Callable[[str], None]) -> ChatReply:
-        """Deliver ``text`` to the claw and wait for its reply, passing
-        pieces of it to ``on_text`` as they stream in; both sides stored."""
+    def say(
+        self, claw: str, text: str, channel: str, on_text: TextSink, *, sender: str
+    ) -> ChatReply:
+        """Deliver ``text`` from ``sender`` (an account name the channel
+        established) to the claw and wait for its reply, passing pieces of it
+        to ``on_text`` as they stream in; both sides stored. Blocking: the
+        panel calls it from a worker thread."""
         ...
 
     def console(self, claw: str, lines: int) -> list[str] | None:
@@ -87,7 +88,14 @@ class ClawOps(Protocol):
 @dataclass
 class FakeClawOps:
     """An honest double: channel states and replies are set by the test, and
-    every power action and message is recorded."""
+    every power action and message is recorded.
+
+    ``say`` streams the claw's scripted pieces; with ``messages`` it stores
+    both sides the way the controller's ``converse`` does (so the panel can
+    show the stored reply); ``errors`` makes it raise for a claw, as the
+    controller does for a claw it cannot reach; ``gate`` holds the reply
+    after its first piece until the test sets it (a claw still thinking).
+    """
 
     channels: dict[str, ChannelInfo] = field(default_factory=dict)
     replies: dict[str, list[str]] = field(default_factory=dict)
@@ -98,6 +106,11 @@ class FakeClawOps:
     files: dict[str, dict[str, str]] = field(default_factory=dict)
     written: list[tuple[str, str, bytes]] = field(default_factory=list)
     refused_approvals: dict[str, int] = field(default_factory=dict)
+    senders: list[str] = field(default_factory=list)  # who wrote each of ``said``
+    messages: MessageRepository | None = None
+    errors: dict[str, ClawdenError] = field(default_factory=dict)
+    gate: threading.Event | None = None
+    finished: list[str] = field(default_factory=list)  # claws whose say returned
 
     def channel(self, claw: str) -> ChannelInfo | None:
         return self.channels.get(claw)
@@ -106,12 +119,35 @@ class FakeClawOps:
         check_power_action(action)
         self.powered.append((claw, action))
 
-    def say(self, claw: str, text: str, channel: str, on_text: Callable[[str], None]) -> ChatReply:
+    def say(
+        self, claw: str, text: str, channel: str, on_text: TextSink, *, sender: str
+    ) -> ChatReply:
         self.said.append((claw, text, channel))
+        self.senders.append(sender)
+        if claw in self.errors:
+            raise self.errors[claw]
+        inbound = (
+            None
+            if self.messages is None
+            else self.messages.add(claw, "in", channel, sender, text, delivered=True)
+        )
         pieces = self.replies.get(claw, ["(no reply scripted)"])
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
+            if i == 1 and self.gate is not None and not self.gate.wait(10):
+                raise TimeoutError("the test never opened the gate")
             on_text(piece)
-        return ChatReply("".join(pieces), None, None)
+        reply = "".join(pieces)
+        outbound = (
+            None
+            if self.messages is None
+            else self.messages.add(claw, "out", channel, claw, reply, delivered=True)
+        )
+        self.finished.append(claw)
+        return ChatReply(
+            reply,
+            None if inbound is None else inbound.id,
+            None if outbound is None else outbound.id,
+        )
 
     def console(self, claw: str, lines: int) -> list[str] | None:
         log = self.consoles.get(claw)

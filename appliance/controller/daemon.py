@@ -353,9 +353,12 @@ class Controller:
         on_text: Callable[[str], None],
         timeout: float = DEFAULT_TIMEOUT,
         wait: float = 0.0,
+        sender: str = "operator",
     ) -> Conversation:
         """Deliver ``text`` to ``claw`` and wait for its reply, streamed to
-        ``on_text`` piece by piece (the CLI's ``say`` and the panel's chat)."""
+        ``on_text`` piece by piece (the CLI's ``say`` and the panel's chat).
+        ``sender`` is who the channel says wrote it (the CLI: the operator;
+        the web chat: the logged-in account), stored and shown to the agent."""
         if not text.strip():
             raise InvalidInput("the message is empty", f'usage: clawden claw say {claw} "TEXT"')
         # Validate and reach the claw before storing anything: a message that
@@ -367,6 +370,7 @@ class Controller:
             claw,
             text,
             channel=channel,
+            sender=sender,
             timeout=timeout,
             command=self._agent_command,
             warm=self._warm_command,

@@ -163,6 +163,17 @@ class MessageRepository:
                 )
             return [_to_message(row) for row in rows]
 
+    def get(self, claw: str, message_id: int) -> Message | None:
+        """One of ``claw``'s messages by id; None if ``claw`` has none by
+        that id (another claw's message is not found either)."""
+        with locked(self.db):
+            rows = builtins.list(
+                self.db.query(
+                    "SELECT * FROM messages WHERE claw = ? AND id = ?", [claw, message_id]
+                )
+            )
+        return _to_message(rows[0]) if rows else None
+
     def undelivered(self, claw: str, direction: str = "out") -> builtins.list[Message]:
         """Messages a channel still has to hand on, oldest first."""
         with locked(self.db):

@@ -587,6 +587,25 @@ def test_say_refuses_unknown_claws_and_empty_text(
     assert MessageRepository(controller._ctx.store.db).list("alice") == []
 
 
+def test_the_panels_say_delivers_as_the_web_chats_sender(
+    controller: _HarnessController, tmp_path: Path
+) -> None:
+    """``ControllerClawOps.say`` (the web chat's ``Messenger``) over a real
+    sshd and the scripted agent: the channel and the session's account reach
+    the agent and the store."""
+    from web.controller_ops import ControllerClawOps
+
+    ops = ControllerClawOps(controller, controller._ctx)
+    pieces: list[str] = []
+    reply = ops.say("alice", "hi there", "web", pieces.append, sender="ana")
+    assert reply.text == "you said: hi there via web from ana"
+    stored = MessageRepository(controller._ctx.store.db).list("alice")
+    assert [(m.id, m.direction, m.channel, m.sender) for m in stored] == [
+        (reply.in_id, "in", "web", "ana"),
+        (reply.out_id, "out", "web", "alice"),
+    ]
+
+
 # ---- the heartbeat source reads HEARTBEAT.md over the channel ---------------------
 def test_heartbeat_source_reads_the_checklist_over_the_channel(
     transport: paramiko.Transport, tmp_path: Path
