@@ -39,9 +39,15 @@ PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev python3-ap
 # --with-test-tools: what only the tests need — a real sshd (the channel's unit
 # tests bridge it to a unix socket, as the guest does) and ssh-keygen (key
 # format cross-checks). Not for appliances: they must not run an sshd.
+# chromium: the headless browser the panel's browser tests drive through
+# Playwright (tests/support/browser.py). Debian's build, from the mirror like
+# every other package: `playwright install` downloads a browser build from a
+# CDN instead — never run, and not reachable from a machine that only has the
+# Debian mirror and PyPI. Not for appliances: a browser on the box that holds
+# the keys is attack surface nothing there uses.
 LOCKS=("${RUNTIME_LOCKS[@]}")
 if [[ ${1:-} == --with-test-tools ]]; then
-    PACKAGES+=(openssh-server openssh-client socat)
+    PACKAGES+=(openssh-server openssh-client socat chromium)
     LOCKS=("${TEST_LOCKS[@]}")
 fi
 

@@ -15,7 +15,9 @@ from collections.abc import Generator
 
 import pytest
 
-pytest_plugins = ["pytester"]
+# tests.support.browser: the browser fixtures (browser_session, browser,
+# page_events, page) for every test; chromium starts only when a test asks.
+pytest_plugins = ["pytester", "tests.support.browser"]
 
 ALLOW_MARKER = "skip_ok_in_ci"
 
