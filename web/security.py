@@ -9,7 +9,7 @@
   checked by the routes that need a session (``web/auth.py``).
 * **Headers** — a strict Content-Security-Policy (scripts, styles, images
   and requests from the panel itself only; no inline script or style, no
-  eval), no framing, no referrer, no caching of pages that hold family data.
+  eval), no framing, no referrer to other sites, no caching of pages that hold family data.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    # Not "no-referrer": with it, Chromium sends "Origin: null" on the
+    # panel's own form posts, and the Origin check would refuse them.
+    # "same-origin" still sends nothing to any other site.
+    (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
