@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -255,6 +256,7 @@ def bench_home(prefix: str, shared_images: bool = True) -> Iterator[Home]:
 class Controller:
     proc: subprocess.Popen[bytes]
     log: Path
+    panel_url: str | None = None  # with ``controller(home, panel=True)``
 
     @property
     def pid(self) -> int:
@@ -290,8 +292,10 @@ class _Watchdog:
 
 
 @contextmanager
-def controller(home: Home) -> Iterator[Controller]:
+def controller(home: Home, panel: bool = False) -> Iterator[Controller]:
     """``clawden serve`` in the background; SIGTERM (its clean stop) on exit.
+    Without the admin panel unless ``panel`` (then on a free loopback port:
+    the default one may be an appliance's on this machine).
 
     Raises ``Disturbed`` (whatever else failed) if another run appeared."""
     from appliance.controller import rpc
@@ -305,15 +309,20 @@ def controller(home: Home) -> Iterator[Controller]:
     reason = busy_reason()
     if reason is not None:
         raise Disturbed(reason)
+    panel_url = None
+    serve_args = ["--no-panel"]
+    if panel:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            panel_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        serve_args = ["--listen", panel_url.removeprefix("http://")]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            # Without the panel: these benchmarks measure claws, and its port
-            # might be taken by an appliance on this machine.
-            [CLAWDEN, "serve", "--no-panel"], env=env, stdin=subprocess.DEVNULL, stdout=out,
+            [CLAWDEN, "serve", *serve_args], env=env, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     watchdog = _Watchdog(proc)
-    ctl = Controller(proc, log)
+    ctl = Controller(proc, log, panel_url)
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -30,6 +30,13 @@ The breakdown, interleaved with the says (each round: say, then the rest):
                        from the upstream receiving the model call (it sends
                        the first word at once) to the first piece reaching
                        the client.
+``web_first_token_s``  the same message sent by a member through the admin
+                       panel's web chat (``POST /claws/NAME/chat``, its
+                       server-sent events read as they arrive): from the
+                       upstream receiving the call to the first piece at
+                       the browser's side of the HTTP connection. Against
+                       ``first_token_s`` of the same round, it is what the
+                       panel adds to the first token.
 
 The say goes to the warm agent (``clawden-agent serve``), which the bench
 waits for after ``create``. The upstream streams its words 0.2 s apart
@@ -49,6 +56,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from appliance.controller import rpc
 from appliance.llm.scripted import ScriptedModelServer
 from bench._common import (
@@ -67,6 +76,8 @@ from bench._rig import UPSTREAM_KEY, llm_toml
 
 NAME = "bench-say-1"
 MEMBER = "Bench"
+# The family member who chats through the panel (an account, not a display name).
+WEB_MEMBER, WEB_PASSWORD = "bench-member", "bench password 1234"
 MODEL = "bench-model"
 REPLY = "Hello from the bench."
 TEXT = "hello, are you there?"
@@ -159,6 +170,45 @@ def first_token(home: Home, upstream: ScriptedModelServer) -> dict[str, float]:
     return {"first_token_s": first_piece_at - chats[-1]["received_at"], "pieces": pieces}
 
 
+class WebChat:
+    """A member logged in to the panel over HTTP, as a browser would be."""
+
+    def __init__(self, home: Home, url: str) -> None:
+        password = home.path / "member.password"
+        password.write_text(WEB_PASSWORD + "\n")
+        home.clawden("user", "add", WEB_MEMBER, "--member-of", NAME,
+                     "--password-file", str(password))  # fmt: skip
+        self.origin = {"Origin": url}
+        self.client = httpx.Client(base_url=url, timeout=700)
+        login = {"name": WEB_MEMBER, "password": WEB_PASSWORD}
+        response = self.client.post("/login", data=login, headers=self.origin)
+        if response.status_code != 303:
+            raise RuntimeError(f"the member could not log in: {response.status_code}")
+        page = self.client.get("/").text
+        self.csrf = page.split('"X-CSRF-Token": "', 1)[1].split('"', 1)[0]
+
+    def first_token(self, upstream: ScriptedModelServer) -> dict[str, float]:
+        first = len(upstream.timings)
+        headers = {**self.origin, "X-CSRF-Token": self.csrf}
+        first_piece_at: float | None = None
+        pieces = 0
+        with self.client.stream(
+            "POST", f"/claws/{NAME}/chat", data={"text": TEXT}, headers=headers
+        ) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"the web chat answered {response.status_code}")
+            for line in response.iter_lines():
+                if line == "event: piece":
+                    pieces += 1
+                    first_piece_at = first_piece_at or time.time()
+                elif line == "event: error":
+                    raise RuntimeError("the web chat streamed an error")
+        _, chats = _model_s(upstream, first)
+        if first_piece_at is None or pieces < 2:
+            raise RuntimeError(f"the web chat streamed {pieces} pieces")
+        return {"web_first_token_s": first_piece_at - chats[-1]["received_at"]}
+
+
 def wait_for_warm_agent(home: Home) -> float:
     """Seconds until the warm agent's service is running after ``create``."""
     started = time.monotonic()
@@ -174,7 +224,7 @@ def measure_in_vm(home: Home, says: int) -> dict[str, Any]:
         config = home.path / "llm.toml"
         config.write_text(llm_toml(upstream.base_url, UPSTREAM_KEY, [MODEL]))
         config.chmod(0o600)
-        with controller(home):
+        with controller(home, panel=True) as ctl:
             say(f"say: creating {NAME}")
             create_s, _ = _timed(
                 home, "claw", "create", NAME, "--member", MEMBER, "--timeout", "400"
@@ -182,6 +232,8 @@ def measure_in_vm(home: Home, says: int) -> dict[str, Any]:
             warm_s = wait_for_warm_agent(home)
             say(f"say: {NAME} ready after {create_s:.1f} s, its warm agent {warm_s:.1f} s later")
             first = one_say(home, upstream)
+            assert ctl.panel_url is not None
+            web = WebChat(home, ctl.panel_url)
             rounds: list[dict[str, Any]] = []
             for i in range(1, says + 1):
                 r: dict[str, Any] = {"say": one_say(home, upstream)}
@@ -189,6 +241,7 @@ def measure_in_vm(home: Home, says: int) -> dict[str, Any]:
                     r[part], _ = _timed(home, "claw", "exec", NAME, "--", *argv)
                 r["oneshot_say"] = oneshot_say(home, upstream)
                 r.update(first_token(home, upstream))
+                r.update(web.first_token(upstream))
                 say(
                     f"say {i}/{says}: {r['say']['wall_s']:.2f} s "
                     f"(model {r['say']['model_s'] * 1000:.1f} ms), exec true {r['exec_true']:.2f} s"
@@ -217,6 +270,10 @@ def aggregate(raw: dict[str, Any]) -> dict[str, Any]:
         out[part + "_s"] = summary([r[part] for r in rounds])
     out["oneshot_say_excl_model_s"] = summary([r["oneshot_say"] for r in rounds])
     out["first_token_s"] = summary([r["first_token_s"] for r in rounds])
+    out["web_first_token_s"] = summary([r["web_first_token_s"] for r in rounds])
+    out["web_adds_to_first_token_s"] = summary(
+        [r["web_first_token_s"] - r["first_token_s"] for r in rounds]
+    )
     warm = out["say_excl_model_s"]["median"]
     out["warm_over_oneshot"] = round(warm / out["oneshot_say_excl_model_s"]["median"], 3)
     return {**out, **{k: v for k, v in raw.items() if k != "rounds"}, "raw_rounds": rounds}
