@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,23 @@ def _merge(guest: _Guest, source: Path, dest: str, tree: Tree, send: Send, now: 
     }
 
 
+@contextmanager
+def open_sftp(transport: paramiko.Transport) -> Iterator[paramiko.SFTPClient]:
+    """An SFTP session on the claw's live transport, each call bounded by
+    ``SFTP_TIMEOUT_S``; a claw that refuses it is ``Unavailable``."""
+    try:
+        sftp = paramiko.SFTPClient.from_transport(transport)
+    except (paramiko.SSHException, OSError) as exc:
+        raise Unavailable(f"could not open SFTP on the claw ({exc})", "retry in a moment") from exc
+    if sftp is None:
+        raise Unavailable("the claw refused an SFTP session", "retry in a moment")
+    with sftp:
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(SFTP_TIMEOUT_S)
+        yield sftp
+
+
 def put_tree(
     transport: paramiko.Transport,
     source: Path,
@@ -264,16 +282,7 @@ def put_tree(
     dest = validate_dest(dest)
     tree = _local_tree(source)
     moment = now or datetime.now(UTC)
-    try:
-        sftp = paramiko.SFTPClient.from_transport(transport)
-    except (paramiko.SSHException, OSError) as exc:
-        raise Unavailable(f"could not open SFTP on the claw ({exc})", "retry in a moment") from exc
-    if sftp is None:
-        raise Unavailable("the claw refused an SFTP session", "retry in a moment")
-    with sftp:
-        channel = sftp.get_channel()
-        if channel is not None:
-            channel.settimeout(SFTP_TIMEOUT_S)
+    with open_sftp(transport) as sftp:
         guest = _Guest(sftp, root)
         if guest.kind("") != "dir":
             raise Unavailable(f"{root} is missing on the claw", "restart the claw and retry")

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import paramiko
 
-from appliance.channel.sftp import GUEST_WORKSPACE, SFTP_TIMEOUT_S
+from appliance.channel.sftp import GUEST_WORKSPACE, open_sftp
 from appliance.core.errors import InvalidInput, Unavailable
 from appliance.core.textsafe import printable
 from appliance.core.workspace_files import (
@@ -36,16 +36,7 @@ from appliance.core.workspace_files import (
 
 @contextmanager
 def _sftp(transport: paramiko.Transport, doing: str) -> Iterator[paramiko.SFTPClient]:
-    try:
-        sftp = paramiko.SFTPClient.from_transport(transport)
-    except (paramiko.SSHException, OSError) as exc:
-        raise Unavailable(f"could not open SFTP on the claw ({exc})", "retry in a moment") from exc
-    if sftp is None:
-        raise Unavailable("the claw refused an SFTP session", "retry in a moment")
-    with sftp:
-        channel = sftp.get_channel()
-        if channel is not None:
-            channel.settimeout(SFTP_TIMEOUT_S)
+    with open_sftp(transport) as sftp:
         try:
             yield sftp
         except (OSError, paramiko.SSHException) as exc:

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import pytest
 from appliance.controller import rpc
 from appliance.core.errors import ClawdenError
 from appliance.llm.scripted import ScriptedModelServer
+from tests.support.panel import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLAWDEN = [sys.executable, "-m", "appliance"]
@@ -74,13 +74,6 @@ class Env:
             stderr=subprocess.PIPE,
             text=True,
         )
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now (the kernel's pick)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def make_home(prefix: str) -> Path:

@@ -13,15 +13,10 @@ import pytest
 
 from appliance.core.errors import InvalidInput, Unavailable
 from appliance.store import Store
+from tests.support.panel import free_port
 from web import setup_link
 from web.ports import FakeClawOps
 from web.server import Listen, PanelServer, csrf_key, parse_listen
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
