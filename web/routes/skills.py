@@ -13,6 +13,7 @@ refused. The copy into the claw goes through ``ClawOps.put_tree``.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
@@ -35,16 +36,23 @@ FORM_OVERHEAD = 64 * 1024
 _AGAIN = "choose the skill's .tar.gz or .zip (or its folder, from the host's CLI) and try again"
 
 
-def upload_cap(request: Request) -> None:
+async def upload_cap(request: Request) -> AsyncIterator[None]:
     """Refuse an upload over the cap from its Content-Length, before a byte
-    of it is parsed or spooled to disk; one without a length is refused too
-    (a browser always sends it for a form)."""
+    of it is parsed or spooled to disk (one without a length is refused too:
+    a browser always sends it for a form); then parse the form once, for the
+    CSRF check and the route, and close its spooled file when the request
+    ends, whatever happened."""
     limit = panel_of(request).skill_limits.max_archive_bytes
     length = request.headers.get("content-length", "")
     if not length.isdigit():
         raise InvalidInput("the upload did not say how large it is", _AGAIN)
     if int(length) > limit + FORM_OVERHEAD:
         raise InvalidInput(f"the upload is over the {limit}-byte cap for a skill archive", _AGAIN)
+    form = await request.form(max_files=1, max_fields=4)
+    try:
+        yield
+    finally:
+        await form.close()
 
 
 UploadCap = Depends(upload_cap)
@@ -62,7 +70,7 @@ def _check_claw(panel: Panel, user: User, name: str) -> None:
 async def install_skill(request: Request, user: CurrentUser, name: str) -> Response:
     panel = panel_of(request)
     await run_in_threadpool(_check_claw, panel, user, name)
-    form = await request.form(max_files=1, max_fields=4)
+    form = await request.form()  # parsed by upload_cap, with its limits
     archive, code = form.get("archive"), form.get("code")
     if not isinstance(archive, UploadFile):
         raise InvalidInput("no skill archive was sent", _AGAIN)
