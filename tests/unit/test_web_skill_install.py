@@ -11,16 +11,18 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
+from httpx2 import Response
 
 from appliance.core.errors import Unavailable
 from appliance.core.model import ClawState
 from appliance.workspace.skills import SkillLimits, prepare_skill
 from tests.support.panel import ORIGIN, Harness
 
-HOSTILE = "<script>alert(1)</script> <img src=x onerror=alert(2)> flip \u202eevil\u202c zero\u200bwidth"
+HOSTILE = (
+    "<script>alert(1)</script> <img src=x onerror=alert(2)> flip \u202eevil\u202c zero\u200bwidth"
+)
 SKILL_MD = f"---\nname: hello\ndescription: {HOSTILE}\n---\n\n# Hello\n\nSay hello.\n".encode()
 NOTES = b"remember the milk\n" * 20
 HOSTILE_NAME = "<svg onload=alert(3)>.tgz"
@@ -78,7 +80,7 @@ def _post(
     claw: str = "alice",
     filename: str = "hello.tgz",
     htmx: bool = True,
-) -> httpx.Response:
+) -> Response:
     headers = {"Origin": ORIGIN}
     if htmx:
         headers["HX-Request"] = "true"
@@ -126,7 +128,8 @@ def test_the_admin_installs_with_a_fresh_code(home: Harness, tmp_path: Path) -> 
     again = _post(client, csrf, home.code("mum"), _zip([("SKILL.md", SKILL_MD)]), htmx=False)
     assert again.status_code == 303 and again.headers["location"] == "/claws/alice"
     assert len(home.claws.copied) == 2
-    assert home.store.skills.get("alice", "hello").source == "uploaded in the panel: hello.tgz"  # type: ignore[union-attr]
+    replaced = home.store.skills.get("alice", "hello")
+    assert replaced is not None and replaced.source == "uploaded in the panel: hello.tgz"
 
 
 def test_hostile_text_from_the_skill_and_the_browser_is_inert(home: Harness) -> None:
@@ -135,7 +138,8 @@ def test_hostile_text_from_the_skill_and_the_browser_is_inert(home: Harness) -> 
     confirmed = _post(client, csrf, home.code("mum"), filename=HOSTILE_NAME).text
     listed = client.get("/claws/alice").text.split("</head>")[-1]
     for html in (confirmed, listed):
-        assert "<script>alert" not in html and "<img src=x" not in html and "<svg onload" not in html
+        for markup in ("<script>alert", "<img src=x", "<svg onload"):
+            assert markup not in html
         assert not re.search(r"<[^>]*\son[a-z]+\s*=", html)
         assert "&lt;svg onload=alert(3)&gt;.tgz" in html  # the file name, as text
     # The description (SKILL.md's own text) is shown once, as text.
@@ -173,11 +177,13 @@ def test_lockout_after_repeated_failures(home: Harness) -> None:
 
 
 def test_members_get_not_found_or_forbidden(home: Harness) -> None:
-    for member, claw, status in (("bob", "alice", 404), ("alice", "bob", 404), ("alice", "alice", 403)):
+    tries = (("bob", "alice", 404), ("alice", "bob", 404), ("alice", "alice", 403))
+    for member, claw, status in tries:
         client = home.client()
         csrf = home.login(client, member)
         assert _post(client, csrf, "123456", claw=claw).status_code == status
-    assert _post(home.client(), None, "123456", claw="nosuch").status_code in (401, 403)
+    anonymous = _post(home.client(), None, "123456", htmx=False)
+    assert anonymous.status_code == 401  # no session: told to log in
     _nothing_installed(home)
 
 

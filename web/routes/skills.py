@@ -3,7 +3,7 @@ multipart upload of a ``.tar.gz``/``.tgz``/``.tar``/``.zip`` and the admin's
 TOTP code (``appliance/accounts/skill_upload.py`` has the rules).
 
 The upload is hostile bytes of a bounded size: the request's declared length
-is checked before its body is read at all (``upload_cap``, ahead of the CSRF
+is checked before its body is read at all (``upload_guard``, ahead of the CSRF
 check that would parse it), the file part is read up to the archive cap
 only, and it is written 0600 into a fresh staging folder under
 ``$CLAWDEN_HOME/tmp`` that is removed when the request ends, installed or
@@ -36,26 +36,27 @@ FORM_OVERHEAD = 64 * 1024
 _AGAIN = "choose the skill's .tar.gz or .zip (or its folder, from the host's CLI) and try again"
 
 
-async def upload_cap(request: Request) -> AsyncIterator[None]:
-    """Refuse an upload over the cap from its Content-Length, before a byte
-    of it is parsed or spooled to disk (one without a length is refused too:
-    a browser always sends it for a form); then parse the form once, for the
-    CSRF check and the route, and close its spooled file when the request
-    ends, whatever happened."""
+async def upload_guard(request: Request, user: CurrentUser, name: str) -> AsyncIterator[None]:
+    """Before a byte of the body is parsed or spooled to disk: who asks
+    (``_check_claw``), and the upload's Content-Length against the cap (one
+    without a length is refused too: a browser always sends it for a form).
+    Then the form is parsed once, for the CSRF check and the route, and its
+    spooled file closed when the request ends, whatever happened."""
+    await run_in_threadpool(_check_claw, panel_of(request), user, name)
     limit = panel_of(request).skill_limits.max_archive_bytes
     length = request.headers.get("content-length", "")
     if not length.isdigit():
         raise InvalidInput("the upload did not say how large it is", _AGAIN)
     if int(length) > limit + FORM_OVERHEAD:
         raise InvalidInput(f"the upload is over the {limit}-byte cap for a skill archive", _AGAIN)
-    form = await request.form(max_files=1, max_fields=4)
+    form = await request.form(max_files=1, max_fields=8)
     try:
         yield
     finally:
         await form.close()
 
 
-UploadCap = Depends(upload_cap)
+UploadGuard = Depends(upload_guard)
 
 
 def _check_claw(panel: Panel, user: User, name: str) -> None:
@@ -66,11 +67,10 @@ def _check_claw(panel: Panel, user: User, name: str) -> None:
     admin_user(user)
 
 
-@router.post("/claws/{name}/skills", response_class=HTMLResponse, dependencies=[UploadCap, Csrf])
+@router.post("/claws/{name}/skills", response_class=HTMLResponse, dependencies=[UploadGuard, Csrf])
 async def install_skill(request: Request, user: CurrentUser, name: str) -> Response:
-    panel = panel_of(request)
-    await run_in_threadpool(_check_claw, panel, user, name)
-    form = await request.form()  # parsed by upload_cap, with its limits
+    panel = panel_of(request)  # the claw and the user were checked by upload_guard
+    form = await request.form()  # parsed by upload_guard, with its limits
     archive, code = form.get("archive"), form.get("code")
     if not isinstance(archive, UploadFile):
         raise InvalidInput("no skill archive was sent", _AGAIN)
