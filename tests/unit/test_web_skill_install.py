@@ -10,13 +10,16 @@ import tarfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
 
-from appliance.core.errors import Unavailable
+from appliance.core.errors import InvalidInput, Unavailable
 from appliance.core.model import ClawState
+from appliance.workspace.skill_install import staging
 from appliance.workspace.skills import SkillLimits, prepare_skill
 from tests.support.panel import ORIGIN, Harness
 
@@ -264,3 +267,28 @@ def test_the_form_is_the_admins_only(home: Harness) -> None:
     member = home.client()
     home.login(member, "alice")
     assert 'action="/claws/alice/skills"' not in member.get("/claws/alice").text
+
+
+def test_the_controller_adapter_copies_only_staged_folders(tmp_path: Path) -> None:
+    """``ControllerClawOps.put_tree`` is the controller's own ``put_tree``
+    op: a folder outside ``tmp/`` is refused before the claw is reached."""
+    from appliance.controller.context import Context
+    from appliance.controller.daemon import Controller
+    from web.controller_ops import COPY_CHANNEL_WAIT, ControllerClawOps
+
+    asked: list[tuple[str, float]] = []
+
+    def transport_for(claw: str, wait: float) -> object:
+        asked.append((claw, wait))
+        raise Unavailable(f"claw {claw!r} has no channel", "retry")
+
+    controller = SimpleNamespace(transport_for=transport_for)
+    ctx = SimpleNamespace(settings=SimpleNamespace(home=tmp_path))
+    ops = ControllerClawOps(cast(Controller, controller), cast(Context, ctx))
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(InvalidInput, match="not a folder staged"):
+        ops.put_tree("alice", tmp_path / "elsewhere", "skills/hello", "replace")
+    assert asked == []
+    with staging(tmp_path) as stage, pytest.raises(Unavailable):
+        ops.put_tree("alice", stage, "skills/hello", "replace")
+    assert asked == [("alice", COPY_CHANNEL_WAIT)]
