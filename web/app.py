@@ -18,7 +18,17 @@ from appliance.core.accounts import Forbidden
 from appliance.core.errors import ClawdenError, Conflict, InvalidInput, NotFound, OverQuota
 from web.auth import CsrfRefused, EnrolmentRequired, LoginRequired
 from web.panel import Panel
-from web.routes import account, approvals, audit, chat, claws, dashboard, policy, settings
+from web.routes import (
+    account,
+    approvals,
+    audit,
+    chat,
+    claws,
+    dashboard,
+    policy,
+    settings,
+    skills,
+)
 from web.security import PanelGuard
 from web.templating import page
 
@@ -34,7 +44,7 @@ def create_app(panel: Panel, allowed_hosts: Iterable[str] = DEFAULT_HOSTS) -> Fa
     )
     app.state.panel = panel
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (account, dashboard, claws, chat, approvals, policy, settings, audit):
+    for module in (account, dashboard, claws, skills, chat, approvals, policy, settings, audit):
         app.include_router(module.router)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(EnrolmentRequired, _enrolment_required)

@@ -9,13 +9,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from appliance.channel import workspace_sftp
 from appliance.channel.exec import Transport
 from appliance.controller.console import console_tail
 from appliance.controller.context import Context
 from appliance.controller.daemon import Controller
+from appliance.controller.guestcopy import put_tree_handler
 from appliance.controller.lifecycle import Lifecycle
+from appliance.controller.rpc import Reply
 from appliance.core.errors import ClawdenError, Conflict, Unavailable
 from appliance.core.model import ClawState
 from appliance.core.workspace_files import FileText, WorkspaceFile
@@ -27,6 +30,12 @@ THROTTLE_WINDOW_S = 3600.0
 # A page waits this long for a claw's channel: a claw still booting gets a
 # "start the claw" note rather than a request hanging for half a minute.
 FILES_CHANNEL_WAIT = 5.0
+# An install was asked for with a TOTP code already spent: worth a longer wait.
+COPY_CHANNEL_WAIT = 30.0
+
+
+def _no_progress(_reply: Reply) -> None:
+    """The panel shows the result, not each file copied."""
 
 
 class ControllerClawOps:
@@ -99,6 +108,13 @@ class ControllerClawOps:
 
     def write_file(self, claw: str, path: str, data: bytes) -> None:
         workspace_sftp.write_file(self._transport(claw), path, data)
+
+    def put_tree(self, claw: str, source: Path, dest: str, mode: str) -> None:
+        # The controller's own op, so the panel copies by exactly its rules
+        # (only from the staging folder; see controller/guestcopy.py).
+        copy = put_tree_handler(self._controller.transport_for, self._ctx.settings.home / "tmp")
+        request = {"claw": claw, "source": str(source), "dest": dest, "mode": mode}
+        copy({**request, "wait": COPY_CHANNEL_WAIT}, _no_progress)
 
     def approval_refusals(self) -> dict[str, int]:
         since = time.time() - THROTTLE_WINDOW_S

@@ -12,6 +12,7 @@ from fastapi import Request
 from appliance.accounts.service import Accounts
 from appliance.core.approvals import Clock, utc_clock
 from appliance.store import Store
+from appliance.workspace.skills import SkillLimits
 from web.audit_check import AuditCheck
 from web.ports import ClawOps
 
@@ -40,6 +41,8 @@ class Panel:
     # The audit chain's last verification (a full check of 100k rows takes
     # seconds, so the page shows this and re-checks on request).
     audit_check: AuditCheck = field(default_factory=AuditCheck)
+    # What a skill uploaded on the claw page may be (the CLI's limits).
+    skill_limits: SkillLimits = field(default_factory=SkillLimits)
 
 
 def panel_of(request: Request) -> Panel:

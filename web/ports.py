@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from appliance.core.channels import ChatReply, TextSink
@@ -79,6 +80,13 @@ class ClawOps(Protocol):
     def write_file(self, claw: str, path: str, data: bytes) -> None:
         """Replace an editable workspace file (``check_editable_file``)."""
 
+    def put_tree(self, claw: str, source: Path, dest: str, mode: str) -> None:
+        """Copy ``source`` — a folder staged under ``$CLAWDEN_HOME/tmp``
+        (``workspace/skill_install.staging``) — to ``dest`` in the claw's
+        workspace (``mode`` "replace" or "merge"), as the controller's
+        ``put_tree`` op does; raises ``ClawdenError`` when it cannot."""
+        ...
+
     def approval_refusals(self) -> dict[str, int]:
         """Per claw, its approval requests the host API refused over quota
         in the last hour (too many pending, or too many an hour)."""
@@ -105,6 +113,9 @@ class FakeClawOps:
     # claw -> path -> text; a claw absent here cannot be reached (stopped).
     files: dict[str, dict[str, str]] = field(default_factory=dict)
     written: list[tuple[str, str, bytes]] = field(default_factory=list)
+    # (claw, dest, mode, {relative path: bytes}) of every put_tree: the
+    # staged folder is gone once the request ends, so its files are kept.
+    copied: list[tuple[str, str, str, dict[str, bytes]]] = field(default_factory=list)
     refused_approvals: dict[str, int] = field(default_factory=dict)
     senders: list[str] = field(default_factory=list)  # who wrote each of ``said``
     messages: MessageRepository | None = None
@@ -182,6 +193,16 @@ class FakeClawOps:
         path = check_editable_file(path)
         self._workspace(claw)[path] = data.decode("utf-8")
         self.written.append((claw, path, data))
+
+    def put_tree(self, claw: str, source: Path, dest: str, mode: str) -> None:
+        if claw in self.errors:
+            raise self.errors[claw]
+        tree = {
+            p.relative_to(source).as_posix(): p.read_bytes()
+            for p in sorted(source.rglob("*"))
+            if p.is_file()
+        }
+        self.copied.append((claw, dest, mode, tree))
 
     def approval_refusals(self) -> dict[str, int]:
         return dict(self.refused_approvals)

@@ -5,7 +5,9 @@ Everything is validated and staged on the host first (``appliance.workspace.skil
 ``$CLAWDEN_HOME/tmp``; the controller then copies the staged tree over the
 claw's channel (``put_tree``, appliance/controller/guestcopy.py). A skill is
 recorded as installed only after its copy succeeded: the record is what the
-claw checks before it indexes a skill (docs/security.md, "Skills").
+claw checks before it indexes a skill (docs/security.md, "Skills"). The
+staging, the copy-then-record order and the ``skill.add`` audit entry live in
+``appliance/workspace/skill_install.py``, shared with the panel's upload.
 """
 
 from __future__ import annotations
@@ -13,9 +15,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from appliance.core.model import ClawState, validate_claw_name
 from appliance.core.textsafe import printable
 from appliance.guest.skills import NAME_RE
 from appliance.workspace.importer import inspect_workspace, plan_lines, stage_import
+from appliance.workspace.skill_install import install_prepared, require_running, staging
 from appliance.workspace.skills import PreparedSkill, describe_lines, prepare_skill
 
 GUEST_SKILLS = "/data/workspace/skills"
@@ -59,29 +59,6 @@ def register_import(claw: Subparsers) -> None:
     imp.set_defaults(handler=claw_import)
 
 
-def _running(ctx: Context, name: str) -> None:
-    """Refuse before staging anything when the claw cannot take files now."""
-    claw = ctx.claws.require(name)
-    if claw.state is not ClawState.RUNNING:
-        raise ClawdenError(
-            f"claw {name!r} is {claw.state.value}; files are copied into a running claw",
-            f"start it with `clawden claw start {name}`, then run this again",
-        )
-
-
-@contextmanager
-def _staging(settings: Settings) -> Iterator[Path]:
-    """A fresh 0700 folder under $CLAWDEN_HOME/tmp, removed afterwards."""
-    parent = settings.home / "tmp"
-    parent.mkdir(mode=0o700, exist_ok=True)
-    parent.chmod(0o700)
-    path = Path(tempfile.mkdtemp(prefix="stage-", dir=parent))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def put_tree(settings: Settings, claw: str, source: Path, dest: str, mode: str) -> dict[str, Any]:
     """Ask the controller to copy ``source`` into the claw, showing its progress."""
     request = {
@@ -101,23 +78,21 @@ def put_tree(settings: Settings, claw: str, source: Path, dest: str, mode: str) 
 
 
 def _install(ctx: Context, claw: str, skill: PreparedSkill, how: str) -> None:
-    """Copy one prepared skill into ``skills/<name>`` and record it as installed."""
-    put_tree(ctx.settings, claw, skill.root, f"skills/{skill.name}", "replace")
-    ctx.store.skills.record(claw, skill.name, skill.content_hash, how)
-    ctx.audit.append(
-        ctx.actor,
-        "skill.add",
-        claw,
-        {"skill": skill.name, "sha256": skill.content_hash, "source": how},
-    )
+    """The shared install path (``workspace/skill_install.py``), copying
+    through the controller's ``put_tree``."""
+
+    def copy(name: str, source: Path, dest: str, mode: str) -> None:
+        put_tree(ctx.settings, name, source, dest, mode)
+
+    install_prepared(ctx.store, copy, claw, skill, how, ctx.actor)
 
 
 def skill_add(args: argparse.Namespace) -> int:
     claw = validate_claw_name(args.name)
     ctx = build_context()
-    _running(ctx, claw)
+    require_running(ctx.claws, claw)
     source = Path(args.source).absolute()
-    with _staging(ctx.settings) as stage, prepare_skill(None, source, tmp_dir=stage) as skill:
+    with staging(ctx.settings.home) as stage, prepare_skill(None, source, tmp_dir=stage) as skill:
         for line in describe_lines(skill):
             print(line)
         _install(ctx, claw, skill, printable(str(source)))
@@ -187,12 +162,12 @@ def _prepare_imported(
 def claw_import(args: argparse.Namespace) -> int:
     claw = validate_claw_name(args.name)
     ctx = build_context()
-    _running(ctx, claw)
+    require_running(ctx.claws, claw)
     plan = inspect_workspace(Path(args.path).absolute())
     for line in plan_lines(claw, plan):
         print(line)
     skipped: list[tuple[str, str]] = []
-    with _staging(ctx.settings) as stage:
+    with staging(ctx.settings.home) as stage:
         tree = stage / "workspace"
         stage_import(plan, tree)
         # Skills travel on their own: each replaces its folder whole and is

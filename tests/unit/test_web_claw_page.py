@@ -283,7 +283,8 @@ def test_schedules_skills_usage_and_messages_are_shown(home: Harness) -> None:
     html = client.get("/claws/alice").text
     assert "every=30m" in html and "water the plants" in html and "0 9 * * *" in html
     assert "weather" in html and "abababab" in html
-    assert "clawden skill add alice" in html  # install is via the CLI for now
+    # Installing is the admin's (with a TOTP code): no form for the member.
+    assert "installed by an admin" in html and 'action="/claws/alice/skills"' not in html
     assert "hello there" in html
     # The chart: 30 bars, today's the tallest (1000 tokens), bob's not counted.
     bar = r'<rect x="\d+" y="(\d+)" width="8" height="(\d+)"><title>([^<]+)</title>'
