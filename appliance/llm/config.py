@@ -41,11 +41,15 @@ class LlmConfigError(InvalidInput):
 
 
 def safe_url(url: str) -> str:
-    """``url`` without user:password and query, for logs and messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    """``url`` without user:password and query, for logs and messages
+    (never raises: it also names URLs that are being refused)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # a broken [IPv6] literal or port: no host to show safely
+        return "(an unparsable URL)"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
@@ -218,6 +222,11 @@ def _upstream_from_file(
                 f"{where} reads its key from ${var}, which is not set",
                 f"export {var} for the clawden controller, or set api_key in a 0600 llm.toml",
             )
+    if key_problem(str(key)):
+        raise LlmConfigError(
+            f"{where}: the API key has spaces, control or non-ASCII characters",
+            "paste the key again, exactly as the provider shows it",
+        )
     return Upstream(
         name,
         _check_url(where, spec["base_url"]),
@@ -247,16 +256,58 @@ def _upstream_from_env(env: Mapping[str, str]) -> Upstream | None:
     key = env.get("OPENAI_API_KEY", "")
     if not base and not key:
         return None
+    if key_problem(key):
+        raise LlmConfigError(
+            "OPENAI_API_KEY has spaces, control or non-ASCII characters",
+            "export the key exactly as the provider shows it",
+        )
     return Upstream(ENV_PROVIDER, _check_url("OPENAI_BASE_URL", base or DEFAULT_BASE_URL), key)
 
 
 def _check_url(where: str, url: str) -> str:
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+    if _url_problem(url):
         raise LlmConfigError(
             f"{where}: base_url {safe_url(url)!r} is not an http(s) URL",
             "use e.g. https://api.openai.com/v1 or http://127.0.0.1:11434/v1",
         )
     return url.rstrip("/")
+
+
+def _url_problem(url: str) -> bool:
+    """True if the HTTP client could not use ``url``: what fails there
+    (a bad port or IPv6 literal, a host no DNS name can be) must fail here,
+    as a clear error, not later in a probe or a claw's request."""
+    if not all("!" <= ch <= "~" for ch in url):
+        return True  # spaces, control or non-ASCII characters (use punycode)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        return True
+    if parts.scheme not in ("http", "https") or not host:
+        return True
+    if ":" in host:  # an IPv6 literal, which urlsplit has checked
+        return False
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or any(not 0 < len(label) < 64 for label in labels):
+        return True
+    if not all(ch.isalnum() or ch in "-_" for label in labels for ch in label):
+        return True
+    return not all(_punycode_ok(label) for label in labels if label.startswith("xn--"))
+
+
+def _punycode_ok(label: str) -> bool:
+    try:
+        return bool(label[4:].encode("ascii").decode("punycode"))
+    except UnicodeError:
+        return False
+
+
+def key_problem(key: str) -> bool:
+    """True if ``key`` cannot go in an Authorization header: it must be
+    printable ASCII without spaces (what every provider's keys are)."""
+    return not all("!" <= ch <= "~" for ch in key)
 
 
 def _price(path: Path, model: str, spec: Any) -> Price:

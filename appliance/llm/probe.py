@@ -47,6 +47,10 @@ def probe_upstream(upstream: Upstream, transport: httpx.BaseTransport | None = N
     except httpx.HTTPError as exc:
         # The exception's text may quote the URL; its kind is enough.
         return ProbeResult(False, f"{where} failed: {type(exc).__name__}")
+    except (httpx.InvalidURL, ValueError):
+        # The config checks refuse such URLs; an IDNA host the resolver
+        # still cannot encode ends here, as a result, not a crash.
+        return ProbeResult(False, f"{where} is not a URL the client can use: check the base URL")
     if resp.status_code in (401, 403):
         return ProbeResult(
             False,

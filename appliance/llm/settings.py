@@ -26,6 +26,7 @@ from appliance.llm.config import (
     ENV_PROVIDER,
     LlmConfig,
     config_from_data,
+    key_problem,
     read_llm_toml,
     safe_url,
 )
@@ -182,8 +183,10 @@ class LlmSettings:
         base_url, api_key = base_url.strip(), api_key.strip()
         if not base_url:
             raise InvalidInput("the base URL is empty", "e.g. https://api.openai.com/v1")
-        if len(api_key) > MAX_KEY_CHARS or any(ch.isspace() or ord(ch) < 0x20 for ch in api_key):
-            raise InvalidInput("the API key has spaces or control characters", "paste it again")
+        if len(api_key) > MAX_KEY_CHARS or key_problem(api_key):
+            raise InvalidInput(
+                "the API key has spaces, control or non-ASCII characters", "paste it again"
+            )
         try:
             timeout = float(timeout_s.strip() or "120")
         except ValueError:
