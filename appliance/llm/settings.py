@@ -185,7 +185,7 @@ class LlmSettings:
             raise InvalidInput("the base URL is empty", "e.g. https://api.openai.com/v1")
         if len(api_key) > MAX_KEY_CHARS or key_problem(api_key):
             raise InvalidInput(
-                "the API key has spaces, control or non-ASCII characters", "paste it again"
+                "the API key has spaces or control characters, or non-ASCII ones", "paste it again"
             )
         try:
             timeout = float(timeout_s.strip() or "120")
