@@ -156,6 +156,10 @@ def controller_logging(
     root = root or logging.getLogger()
     stderr = stderr or sys.stderr
     root.setLevel(CONTROLLER_LOG_LEVEL)
+    # httpx logs every request's full URL at INFO: a provider URL may carry
+    # credentials, and the gateway logs each call (without them) already.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.chmod(0o700)
     if not any(type(h) is logging.StreamHandler for h in root.handlers):

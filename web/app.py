@@ -25,6 +25,7 @@ from web.routes import (
     chat,
     claws,
     dashboard,
+    heartbeat,
     policy,
     settings,
     skills,
@@ -44,7 +45,9 @@ def create_app(panel: Panel, allowed_hosts: Iterable[str] = DEFAULT_HOSTS) -> Fa
     )
     app.state.panel = panel
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (account, dashboard, claws, skills, chat, approvals, policy, settings, audit):
+    for module in (
+        account, dashboard, claws, heartbeat, skills, chat, approvals, policy, settings, audit,
+    ):  # fmt: skip
         app.include_router(module.router)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(EnrolmentRequired, _enrolment_required)

@@ -62,6 +62,8 @@ def test_the_file_gets_info_and_what_the_controller_told_its_operator(
     assert "INFO appliance.controller.said: reconciled: restarted 2" in text
     assert "chatter" not in text
     assert capsys.readouterr().out == "reconciled: restarted 2\n"
+    # httpx would log each request's full URL (a provider URL may hold a password).
+    assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
 
 
 def test_stderr_to_the_journal_carries_priorities(

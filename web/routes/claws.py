@@ -39,7 +39,7 @@ def _claw(request: Request, user: User, name: str) -> tuple[Panel, str]:
     return panel, name
 
 
-def _admin_claw(request: Request, user: User, name: str) -> tuple[Panel, str]:
+def admin_claw(request: Request, user: User, name: str) -> tuple[Panel, str]:
     """Like ``_claw``, for the admin's routes: another member's claw is still
     "not found" (checked first), the member's own claw is "admin only"."""
     panel, name = _claw(request, user, name)
@@ -67,7 +67,7 @@ def status(request: Request, user: CurrentUser, name: str) -> HTMLResponse:
 def power(
     request: Request, user: CurrentUser, name: str, action: Annotated[str, Form(max_length=20)]
 ) -> HTMLResponse:
-    panel, name = _admin_claw(request, user, name)
+    panel, name = admin_claw(request, user, name)
     action = check_power_action(action)
     panel.claws.power(name, action, actor=user.actor)
     return page(request, "_claw_status.html", {"status": power_status(panel, name, action)})
@@ -96,7 +96,7 @@ def file(
 def edit_form(
     request: Request, user: CurrentUser, name: str, path: Annotated[str, Query(max_length=200)]
 ) -> HTMLResponse:
-    panel, name = _admin_claw(request, user, name)
+    panel, name = admin_claw(request, user, name)
     path = check_editable_file(path)
     content = panel.claws.read_file(name, path)
     template = "_claw_edit.html" if _htmx(request) else "claw_edit.html"
@@ -118,7 +118,7 @@ def edit(
     # Starlette caps a form part at 1 MiB before it is parsed.
     text: Annotated[str, Form()],
 ) -> HTMLResponse:
-    panel, name = _admin_claw(request, user, name)
+    panel, name = admin_claw(request, user, name)
     done = edit_workspace_file(
         panel.store.audit, panel.claws.write_file, name, path, text, user.actor
     )
