@@ -81,16 +81,23 @@ def serve(args: argparse.Namespace) -> int:
     # forwarded connection, a VM's channel, a CLI client): that is an error to
     # handle, never a reason for the process to die.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    panel_lines: list[str] = []
     if panel is not None:
-        # Printed, never logged: the setup link is a secret. Under systemd
-        # stdout is the journal, a log, so no link is made there at all.
-        for line in panel.start(show_setup_link=not _stdout_is_a_log()):
-            print(line, flush=True)
+        # Serving from the start; its address is printed once the controller
+        # is ready, as the last lines (a first reconcile may print many).
+        panel_lines = panel.start(show_setup_link=not _stdout_is_a_log())
         # Where the panel answers, for `clawden doctor` and `clawden panel
         # setup-link` (not a secret; gone when the controller stops).
         panel_url_file(ctx.settings.run_dir).write_text(panel.listen.url + "\n")
+
+    def _show_panel() -> None:
+        # Printed, never logged: the setup link is a secret. Under systemd
+        # stdout is the journal, a log, so no link is made there at all.
+        for line in panel_lines:
+            print(line, flush=True)
+
     try:
-        controller.run()
+        controller.run(when_ready=_show_panel)
     finally:
         if panel is not None:
             panel_url_file(ctx.settings.run_dir).unlink(missing_ok=True)

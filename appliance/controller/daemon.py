@@ -117,13 +117,18 @@ class Controller:
         )
 
     # ---- lifecycle ------------------------------------------------------
-    def run(self) -> None:
+    def run(self, when_ready: Callable[[], None] | None = None) -> None:
+        """Serve until ``stop``; ``when_ready`` runs once the controller has
+        said it is ready (``clawden serve`` prints the panel's address then,
+        so it is the last thing on the screen)."""
         self._reconcile(initial=True)
         self._rpc.start()
         # Jobs live in SQLite: whatever came due while the controller was down
         # is handled now, by the missed-run policy (docs/scheduler.md).
         self.scheduler.start()
         self._say(f"controller ready (pid {os.getpid()}, socket {self._rpc.path})")
+        if when_ready is not None:
+            when_ready()
         last_reconcile = time.monotonic()
         try:
             while not self._stop.wait(SYNC_EVERY):

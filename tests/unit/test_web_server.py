@@ -4,8 +4,12 @@ made on first use, and `--listen` parsing."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -99,3 +103,39 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path, store: Store) -> None:
         server = PanelServer(store, tmp_path, FakeClawOps(), Listen("127.0.0.1", port))
         with pytest.raises(Unavailable, match="could not listen"):
             server.start()
+
+
+def test_clawden_serve_ends_its_start_with_the_panel_address(tmp_path: Path) -> None:
+    """The real command, on libvirt's test driver: the panel's address and
+    the setup link are the last lines it prints, after "controller ready"
+    (a first reconcile may print many), and the link works."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        CLAWDEN_HOME=str(tmp_path / "home"),
+        CLAWDEN_LIBVIRT_URI="test:///default",
+        PYTHONUNBUFFERED="1",
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "serve", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("first run: ") for line in lines):
+            assert time.monotonic() < deadline and serve.poll() is None, lines
+            lines.append(serve.stdout.readline().rstrip("\n"))
+        ready = next(i for i, line in enumerate(lines) if line.startswith("controller ready"))
+        assert lines[ready + 1] == f"panel: http://127.0.0.1:{port}/"
+        assert lines[ready + 2].startswith("first run: create the admin at ")
+        link = lines[ready + 2].rsplit(" ", 1)[1]
+        assert httpx.get(link, timeout=10).status_code == 200
+    finally:
+        serve.terminate()
+        serve.communicate(timeout=60)
+    assert serve.returncode == 0
