@@ -56,9 +56,11 @@ def decide(
     clock: Clock = utc_clock,
     grant_minutes: int = 0,
 ) -> Approval:
-    """Approve or deny ``approval_id`` as ``user_name`` with a TOTP code;
-    approved with ``grant_minutes`` (15 or 60), the same claw's requests for
-    the same action are approved for that long (a ``Grant``)."""
+    """Approve or deny ``approval_id`` as ``user_name`` with a TOTP code
+    (and with it every pending request identical to it: same claw, same
+    hash, shown as one group in the inbox); approved with ``grant_minutes``
+    (15 or 60), the same claw's requests for the same action are approved
+    for that long (a ``Grant``)."""
     check_grant_minutes(grant_minutes)
     now = clock()
     user = store.users.require(user_name)
@@ -98,6 +100,20 @@ def decide(
             decided.id,
             {**details, "reason": decided.reason, "second_factor": "totp"},
         )
+        # The inbox shows identical pending requests (same claw, same hash:
+        # the very same text) as one, so the decision covers all of them.
+        for twin in store.approvals.list(shown.claw, pending_only=True):
+            if twin.sha256 != shown.sha256:
+                continue
+            same = store.approvals.decide(
+                twin.id, approved, by=user.actor, reason=reason, expected_sha256=expected_sha256
+            )
+            store.audit.append(
+                user.actor,
+                "approval.approve" if approved else "approval.deny",
+                same.id,
+                {**details, "reason": same.reason, "second_factor": "totp", "same_as": shown.id},
+            )
         if approved and grant_minutes:
             grant = store.grants.add(
                 shown.claw, shown.action, shown.id, user.actor, now, grant_minutes

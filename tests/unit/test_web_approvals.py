@@ -128,6 +128,23 @@ def test_identical_requests_are_grouped_with_a_count(panel: Harness, host: Host)
     assert client.get("/approvals/badge").text == "5"
 
 
+def test_one_decision_covers_the_group_it_was_shown_as(panel: Harness, host: Host) -> None:
+    first = host.ask("email.send", "to grandma")
+    second = host.ask("email.send", "to grandma")
+    other = host.ask("email.send", "to grandpa")
+    elsewhere = host.ask("email.send", "to grandma", claw="bob")
+    client, csrf = _admin(panel)
+    assert _decide(panel, client, csrf, first, decision="deny").status_code == 200
+    status = {a.id: panel.store.approvals.require(a.id).status for a in (first, second)}
+    assert status == {first.id: "denied", second.id: "denied"}
+    # A different text, or the same text from another claw, is its own request.
+    assert panel.store.approvals.require(other.id).pending
+    assert panel.store.approvals.require(elsewhere.id).pending
+    denials = [e for e in panel.store.audit.entries() if e.action == "approval.deny"]
+    assert [e.target for e in denials] == [first.id, second.id]
+    assert denials[1].details["same_as"] == first.id
+
+
 def test_a_decision_with_a_fresh_code_reaches_the_waiting_claw(panel: Harness, host: Host) -> None:
     a = host.ask("email.send", "to grandma")
     client, csrf = _admin(panel)
