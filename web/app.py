@@ -11,12 +11,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from appliance.core.accounts import Forbidden
 from appliance.core.errors import ClawdenError, Conflict, InvalidInput, NotFound, OverQuota
 from web.auth import CsrfRefused, EnrolmentRequired, LoginRequired
+from web.htmx import is_htmx, redirect
 from web.panel import Panel
 from web.routes import (
     account,
@@ -56,25 +57,14 @@ def create_app(panel: Panel, allowed_hosts: Iterable[str] = DEFAULT_HOSTS) -> Fa
     return app
 
 
-def _is_htmx(request: Request) -> bool:
-    return request.headers.get("hx-request") == "true"
-
-
-def _redirect(request: Request, to: str) -> Response:
-    if _is_htmx(request):
-        # htmx follows this with a full page load (a 303 would be swapped in).
-        return Response(status_code=204, headers={"HX-Redirect": to})
-    return RedirectResponse(to, status_code=303)
-
-
 async def _login_required(request: Request, exc: Exception) -> Response:
-    if request.method == "GET" or _is_htmx(request):
-        return _redirect(request, "/login")
+    if request.method == "GET" or is_htmx(request):
+        return redirect(request, "/login")
     return JSONResponse({"error": "log in first"}, status_code=401)
 
 
 async def _enrolment_required(request: Request, exc: Exception) -> Response:
-    return _redirect(request, "/account/totp")
+    return redirect(request, "/account/totp")
 
 
 def status_for(exc: ClawdenError) -> int:
@@ -94,9 +84,9 @@ def status_for(exc: ClawdenError) -> int:
 async def _clawden_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ClawdenError)
     status = status_for(exc)
-    name = "_error.html" if _is_htmx(request) else "error.html"
+    name = "_error.html" if is_htmx(request) else "error.html"
     response = page(request, name, {"what": exc.what, "fix": exc.fix}, status_code=status)
-    if _is_htmx(request):
+    if is_htmx(request):
         # Errors land in the page's error slot, whatever the target was.
         response.headers["HX-Retarget"] = "#errors"
         response.headers["HX-Reswap"] = "innerHTML"

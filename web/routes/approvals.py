@@ -16,6 +16,7 @@ from appliance.core.accounts import User
 from appliance.core.errors import InvalidInput, NotFound
 from web.approvals_view import badge_text, inbox_view
 from web.auth import Csrf, current_user
+from web.htmx import is_htmx
 from web.panel import panel_of
 from web.templating import page
 
@@ -30,10 +31,6 @@ def inbox_admin(user: Annotated[User, Depends(current_user)]) -> User:
 
 
 InboxAdmin = Annotated[User, Depends(inbox_admin)]
-
-
-def _is_htmx(request: Request) -> bool:
-    return request.headers.get("hx-request") == "true"
 
 
 def _list(request: Request) -> HTMLResponse:
@@ -62,7 +59,7 @@ def _decision(decision: str) -> bool:
 
 
 def _done(request: Request) -> Response:
-    if _is_htmx(request):
+    if is_htmx(request):
         return _list(request)
     return RedirectResponse("/approvals", status_code=303)
 

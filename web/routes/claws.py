@@ -24,6 +24,7 @@ from appliance.core.workspace_files import (
 from appliance.workspace.edits import edit_workspace_file
 from web.auth import Csrf, CurrentUser, admin_user, visible_claw
 from web.claw_view import claw_page, files_view, power_status
+from web.htmx import is_htmx
 from web.panel import Panel, panel_of
 from web.ports import check_power_action
 from web.templating import page
@@ -45,10 +46,6 @@ def admin_claw(request: Request, user: User, name: str) -> tuple[Panel, str]:
     panel, name = _claw(request, user, name)
     admin_user(user)
     return panel, name
-
-
-def _htmx(request: Request) -> bool:
-    return request.headers.get("hx-request") == "true"
 
 
 @router.get("", response_class=HTMLResponse)
@@ -88,7 +85,7 @@ def file(
     content = panel.claws.read_file(name, path)
     if content is None:
         raise NotFound(f"{name} has no {path}", "it may have been removed; reload the list")
-    template = "_claw_file.html" if _htmx(request) else "claw_file.html"
+    template = "_claw_file.html" if is_htmx(request) else "claw_file.html"
     return page(request, template, {"claw": name, "file": content})
 
 
@@ -99,7 +96,7 @@ def edit_form(
     panel, name = admin_claw(request, user, name)
     path = check_editable_file(path)
     content = panel.claws.read_file(name, path)
-    template = "_claw_edit.html" if _htmx(request) else "claw_edit.html"
+    template = "_claw_edit.html" if is_htmx(request) else "claw_edit.html"
     return page(
         request,
         template,
@@ -124,5 +121,5 @@ def edit(
     )
     # Shown as read back from the claw; should it be gone already, as sent.
     content = panel.claws.read_file(name, done.path) or FileText(done.path, text, False)
-    template = "_claw_file.html" if _htmx(request) else "claw_file.html"
+    template = "_claw_file.html" if is_htmx(request) else "claw_file.html"
     return page(request, template, {"claw": name, "file": content, "saved": done})

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from appliance.schedule.jobs import schedule_add, schedule_rm
 from web.auth import Csrf, CurrentUser
+from web.htmx import redirect
 from web.routes.claws import admin_claw
 
 router = APIRouter(prefix="/claws/{name}")
@@ -37,7 +38,4 @@ def set_heartbeat(
     elif current is not None and current.enabled:
         schedule_rm(store, current.id)
         store.audit.append(user.actor, "schedule.rm", str(current.id), {})
-    to = f"/claws/{name}"
-    if request.headers.get("hx-request") == "true":
-        return Response(status_code=204, headers={"HX-Redirect": to})
-    return RedirectResponse(to, status_code=303)
+    return redirect(request, f"/claws/{name}")

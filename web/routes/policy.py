@@ -14,6 +14,7 @@ from appliance.accounts.policy import set_policy
 from appliance.core.accounts import unknown_claw_for
 from web.approvals_view import policy_view
 from web.auth import Csrf
+from web.htmx import is_htmx
 from web.panel import panel_of
 from web.routes.approvals import InboxAdmin
 from web.templating import page
@@ -53,7 +54,7 @@ def policy_set(
     old = set_policy(
         panel.store, user.name, claw, capability.strip(), rule, code.strip(), clock=panel.clock
     )
-    if request.headers.get("hx-request") != "true":
+    if not is_htmx(request):
         return RedirectResponse(f"/claws/{claw}/policy", status_code=303)
     changed = (capability.strip(), old, rule)
     view = policy_view(panel, claw)

@@ -26,6 +26,7 @@ from appliance.core.accounts import User
 from appliance.core.errors import InvalidInput
 from appliance.workspace.skill_install import staging
 from web.auth import Csrf, CurrentUser, admin_user, visible_claw
+from web.htmx import is_htmx
 from web.panel import Panel, panel_of
 from web.templating import page
 
@@ -83,7 +84,7 @@ async def install_skill(request: Request, user: CurrentUser, name: str) -> Respo
     done = await run_in_threadpool(
         _install, panel, user, name, archive.filename or "", data, code.strip()
     )
-    if request.headers.get("hx-request") != "true":
+    if not is_htmx(request):
         return RedirectResponse(f"/claws/{name}", status_code=303)
     skills = panel.store.skills.list(name)
     return page(request, "_claw_skills.html", {"claw": name, "skills": skills, "installed": done})
