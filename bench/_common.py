@@ -291,6 +291,13 @@ class _Watchdog:
         self._thread.join()
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @contextmanager
 def controller(home: Home, panel: bool = False) -> Iterator[Controller]:
     """``clawden serve`` in the background; SIGTERM (its clean stop) on exit.
@@ -312,9 +319,7 @@ def controller(home: Home, panel: bool = False) -> Iterator[Controller]:
     panel_url = None
     serve_args = ["--no-panel"]
     if panel:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            panel_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        panel_url = f"http://127.0.0.1:{free_port()}"
         serve_args = ["--listen", panel_url.removeprefix("http://")]
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,15 +27,9 @@ from typing import Any
 
 import httpx
 
-from bench._common import CLAWDEN, machine, say, unwind_on_sigterm
+from bench._common import CLAWDEN, free_port, machine, say, unwind_on_sigterm
 
 SETTLE_S = 3.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _rss_mib(pid: int) -> float:
@@ -49,7 +42,7 @@ def _rss_mib(pid: int) -> float:
 def _one(with_panel: bool) -> float:
     home = Path(tempfile.mkdtemp(prefix="clawden-bench-panel-rss-", dir="/var/tmp"))
     env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_LIBVIRT_URI="test:///default")
-    port = _free_port()
+    port = free_port()
     args = ["--listen", f"127.0.0.1:{port}"] if with_panel else ["--no-panel"]
     log = (home / "serve.log").open("w")
     proc = subprocess.Popen([CLAWDEN, "serve", *args], env=env, stdout=log, stderr=log, text=True)
