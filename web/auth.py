@@ -58,20 +58,16 @@ def csrf_token(panel: Panel, token: str) -> str:
 
 def session_cookie(panel: Panel, token: str) -> str:
     """The Set-Cookie value for a new session."""
-    parts = [
-        f"{cookie_name(panel)}={token}",
-        "Path=/",
-        "HttpOnly",
-        "SameSite=Strict",
-        f"Max-Age={int(SESSION_TTL.total_seconds())}",
-    ]
-    if panel.secure:
-        parts.append("Secure")
-    return "; ".join(parts)
+    return _cookie(panel, token, int(SESSION_TTL.total_seconds()))
 
 
 def clear_session_cookie(panel: Panel) -> str:
-    parts = [f"{cookie_name(panel)}=", "Path=/", "HttpOnly", "SameSite=Strict", "Max-Age=0"]
+    return _cookie(panel, "", 0)
+
+
+def _cookie(panel: Panel, value: str, max_age: int) -> str:
+    parts = [f"{cookie_name(panel)}={value}", "Path=/", "HttpOnly", "SameSite=Strict"]
+    parts.append(f"Max-Age={max_age}")
     if panel.secure:
         parts.append("Secure")
     return "; ".join(parts)
