@@ -18,7 +18,7 @@ from appliance.core.messages import Message
 from appliance.core.model import Claw, ClawState
 from appliance.core.schedule import Job
 from appliance.core.workspace_files import EDITABLE, WorkspaceFile
-from appliance.llm.config import LlmConfigError, load_llm_config
+from appliance.llm.config import LlmConfigError
 from appliance.store.operations import Operation
 from appliance.store.skills import InstalledSkill
 from web.panel import Panel
@@ -102,7 +102,7 @@ def power_status(panel: Panel, claw: str, pending: str | None = None) -> PowerSt
 
 def usage_view(panel: Panel, claw: str, now: datetime) -> Usage:
     try:
-        policy, config_error = load_llm_config(panel.home).policy_for(claw), None
+        policy, config_error = panel.llm_config().policy_for(claw), None
     except LlmConfigError as exc:
         policy, config_error = ClawPolicy(), str(exc)
     today, month = panel.store.usage.period_totals(claw, now)

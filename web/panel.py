@@ -11,6 +11,7 @@ from fastapi import Request
 
 from appliance.accounts.service import Accounts
 from appliance.core.approvals import Clock, utc_clock
+from appliance.llm.config import ConfigLoader
 from appliance.store import Store
 from appliance.workspace.skills import SkillLimits
 from web.audit_check import AuditCheck
@@ -43,6 +44,12 @@ class Panel:
     audit_check: AuditCheck = field(default_factory=AuditCheck)
     # What a skill uploaded on the claw page may be (the CLI's limits).
     skill_limits: SkillLimits = field(default_factory=SkillLimits)
+    # llm.toml, parsed again only when it changes (the dashboard polls every
+    # 5 s per open page; the gateway reads it the same way).
+    llm_config: ConfigLoader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.llm_config = ConfigLoader(self.home)
 
 
 def panel_of(request: Request) -> Panel:

@@ -12,7 +12,7 @@ from appliance.core.accounts import User
 from appliance.core.llm_policy import ClawPolicy, Totals
 from appliance.core.model import Claw
 from appliance.core.schedule import Job
-from appliance.llm.config import LlmConfigError, load_llm_config
+from appliance.llm.config import LlmConfigError
 from web.panel import Panel
 from web.ports import ChannelInfo
 
@@ -143,7 +143,7 @@ def host_stats(panel: Panel) -> HostStats:
 def dashboard_view(panel: Panel, user: User) -> Dashboard:
     now = panel.clock()
     try:
-        config = load_llm_config(panel.home)
+        config = panel.llm_config()
         config_error = None
     except LlmConfigError as exc:
         config, config_error = None, str(exc)
