@@ -25,6 +25,7 @@ from appliance.core.ports import AcceleratorChoice, Hypervisor
 from appliance.core.quotas import Pacer, Refusals
 from appliance.hypervisor.accel import choose_accelerator
 from appliance.hypervisor.libvirt_hypervisor import LibvirtHypervisor
+from appliance.services.approval_mail import ApprovalMailer
 from appliance.services.egress_stub import egress_stub_service
 from appliance.services.hostapi import host_api_service
 from appliance.services.llm_gateway import llm_gateway_service
@@ -84,7 +85,9 @@ def service_registry(
     pacer = Pacer()
     return ServiceRegistry(
         [
-            host_api_service(store, refusals=refusals, pacer=pacer),
+            host_api_service(
+                store, refusals=refusals, pacer=pacer, notify=ApprovalMailer(settings.home)
+            ),
             llm_gateway_service(store, settings.home, pacer),
             egress_stub_service(),
         ]

@@ -244,11 +244,16 @@ class ApprovalRoutes:
     Each request is audited through the store's one ``AuditLog`` (with its
     head file), in the same transaction that records it."""
 
-    def __init__(self, store: Store, guard: QuotaGuard) -> None:
+    def __init__(
+        self, store: Store, guard: QuotaGuard, notify: Callable[[Approval], object] | None = None
+    ) -> None:
         self.store = store
         self.approvals = store.approvals
         self.audit = store.audit
         self.guard = guard
+        # Told of each request left for a person (``ApprovalMailer``), after
+        # it is committed; not of those the policy or a grant decided.
+        self.notify = notify
 
     def request(self, claw: ClawIdentity, body: dict[str, Any]) -> HttpResponse:
         action = _field(body, "action", str)
@@ -280,6 +285,8 @@ class ApprovalRoutes:
         log.info(
             "claw %s asks approval %s for %s", claw.name, approval.id, printable(approval.action)
         )
+        if approval.pending and self.notify is not None:
+            self.notify(approval)
         return HttpResponse.json(201, _approval_json(approval))
 
     def _apply_policy(self, approval: Approval) -> Approval:
@@ -328,6 +335,7 @@ def host_api_service(
     quotas: Quotas = DEFAULT_QUOTAS,
     refusals: Refusals | None = None,
     pacer: Pacer | None = None,
+    notify: Callable[[Approval], object] | None = None,
 ) -> HttpService:
     """The host API; without a store only the identity routes exist (``whoami``,
     ``health``), which is all a channel test needs. ``refusals`` is shared
@@ -339,7 +347,7 @@ def host_api_service(
     if store is not None:
         guard = QuotaGuard(store, quotas, refusals or Refusals())
         api = HostApi(store, guard)
-        approvals = ApprovalRoutes(store, guard)
+        approvals = ApprovalRoutes(store, guard, notify)
         routes.update(
             {
                 ("POST", "/v1/messages"): _json_route(api.send_message, guard),
