@@ -176,18 +176,42 @@ def test_bad_budget_input_changes_nothing(
 
 def test_test_connection_against_the_scripted_server(panel: Harness) -> None:
     client, csrf = _admin(panel)
+    # The default model answers the probe's forced call of its ping tool.
     scenario = {
-        "steps": [{"reply": {"content": "hi"}}],
+        "steps": [
+            {
+                "match": {"tools_include": "ping"},
+                "reply": {"tool_calls": [{"name": "ping", "arguments": {}}]},
+                "repeat": True,
+            }
+        ],
         "models": ["gpt-4o-mini", "\u202egpt-evil"],
     }
     with ScriptedModelServer(scenario, api_key=KEY) as upstream:
         _provider(client, csrf, base_url=upstream.base_url, api_key=KEY)
         page = client.post("/settings/test", data={"csrf": csrf}, headers=POST).text
         assert 'id="probe" class="ok"' in page and "2 models (gpt-4o-mini" in page
+        assert "the default model &#39;gpt-4o-mini&#39; answered a tool call" in page
         assert "\u202e" not in page and "\\u202egpt-evil" in page  # shown, not obeyed
         _provider(client, csrf, base_url=upstream.base_url, api_key="sk-wrong")
         wrong = client.post("/settings/test", data={"csrf": csrf}, headers=POST).text
         assert "refused the API key (HTTP 401)" in wrong and "sk-wrong" not in wrong
+
+
+def test_test_connection_says_when_the_default_model_cannot_call_tools(panel: Harness) -> None:
+    client, csrf = _admin(panel)
+    scenario = {
+        "steps": [{"reply": {"content": "pong"}, "repeat": True}],
+        "models": ["gpt-4o-mini"],
+    }
+    with ScriptedModelServer(scenario, api_key=KEY) as upstream:
+        _provider(client, csrf, base_url=upstream.base_url, api_key=KEY)
+        page = client.post("/settings/test", data={"csrf": csrf}, headers=POST).text
+        assert 'id="probe" class="alert"' in page
+        assert "did not answer with a tool call" in page and "supports them" in page
+        _provider(client, csrf, base_url=upstream.base_url, api_key=KEY, default_model="llama-9")
+        page = client.post("/settings/test", data={"csrf": csrf}, headers=POST).text
+        assert "the default model &#39;llama-9&#39; is not among them" in page
 
 
 def test_test_connection_to_a_closed_port_is_a_clear_error(panel: Harness) -> None:
